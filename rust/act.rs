@@ -1,0 +1,171 @@
+//! Element-wise and row-wise activations: ReLU, softmax, log-softmax, and softmax cross-entropy.
+
+use crate::element::{standard, zeros, zeros_vec, Real};
+use crate::error::{shape_str, Error, Result};
+use crate::parallel;
+use ndarray::{ArrayD, ArrayView1, ArrayViewD, Axis};
+use rayon::prelude::*;
+
+/// Elements per parallel task of element-wise operations (large enough to amortise the split).
+const ELEMWISE_CHUNK: usize = 1 << 15;
+
+/// `max(x, 0)` element-wise; NaN stays NaN (as PyTorch). Any shape.
+pub fn relu<T: Real>(input: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
+    let x = standard(input, "input copy")?;
+    let mut out = zeros::<T>(x.shape(), "output")?;
+    let src = x.as_slice().expect("standard layout");
+    let dst = out.as_slice_mut().expect("fresh array");
+    parallel::install(|| {
+        dst.par_chunks_mut(ELEMWISE_CHUNK).zip(src.par_chunks(ELEMWISE_CHUNK)).for_each(|(d, s)| {
+            for (o, &v) in d.iter_mut().zip(s) {
+                *o = if v > T::zero() || v.is_nan() { v } else { T::zero() };
+            }
+        });
+    });
+    Ok(out)
+}
+
+/// Softmax along `axis` (negative counts from the end). Any shape with at least one dimension.
+pub fn softmax<T: Real>(input: ArrayViewD<'_, T>, axis: isize) -> Result<ArrayD<T>> {
+    normalize_along(input, axis, false)
+}
+
+/// Log-softmax along `axis`: `x - max - log(sum(exp(x - max)))`, stable for large inputs.
+pub fn log_softmax<T: Real>(input: ArrayViewD<'_, T>, axis: isize) -> Result<ArrayD<T>> {
+    normalize_along(input, axis, true)
+}
+
+fn resolve_axis(axis: isize, ndim: usize, shape: &[usize]) -> Result<usize> {
+    let resolved = if axis < 0 { axis + ndim as isize } else { axis };
+    if ndim == 0 || resolved < 0 || resolved >= ndim as isize {
+        return Err(Error::invalid(
+            "axis",
+            format!("axis {axis} is out of range for input of shape {}", shape_str(shape)),
+        ));
+    }
+    Ok(resolved as usize)
+}
+
+fn normalize_along<T: Real>(input: ArrayViewD<'_, T>, axis: isize, log: bool) -> Result<ArrayD<T>> {
+    let shape = input.shape().to_vec();
+    let axis = resolve_axis(axis, shape.len(), &shape)?;
+    let x = standard(input, "input copy")?;
+    let mut out = zeros::<T>(&shape, "output")?;
+    let (len, inner): (usize, usize) = (shape[axis], shape[axis + 1..].iter().product());
+    let block = len * inner;
+    if block == 0 {
+        return Ok(out);
+    }
+    let src = x.as_slice().expect("standard layout");
+    let dst = out.as_slice_mut().expect("fresh array");
+    parallel::install(|| {
+        dst.par_chunks_mut(block).zip(src.par_chunks(block)).for_each(|(d, s)| {
+            for i in 0..inner {
+                // Column i of the (len, inner) block: elements i, i + inner, ...
+                let at = |j: usize| s[j * inner + i];
+                let m = (0..len).map(at).fold(T::neg_infinity(), |m, v| if v > m { v } else { m });
+                let sum: T = (0..len).map(|j| (at(j) - m).exp()).sum();
+                if log {
+                    let lse = m + sum.ln();
+                    for j in 0..len {
+                        d[j * inner + i] = at(j) - lse;
+                    }
+                } else {
+                    for j in 0..len {
+                        d[j * inner + i] = (at(j) - m).exp() / sum;
+                    }
+                }
+            }
+        });
+    });
+    Ok(out)
+}
+
+/// Checks `logits (N, C)` and integer `target (N,)` for cross-entropy.
+fn check_cross_entropy(logits: &[usize], target: &[i64]) -> Result<()> {
+    if logits.len() != 2 {
+        return Err(Error::invalid(
+            "logits",
+            format!("logits must have shape (N, C), got {}", shape_str(logits)),
+        ));
+    }
+    let (n, c) = (logits[0], logits[1]);
+    if target.len() != n {
+        return Err(Error::invalid(
+            "target",
+            format!("target must have shape ({n},) to match logits {}, got ({},)", shape_str(logits), target.len()),
+        ));
+    }
+    if n == 0 {
+        return Err(Error::invalid("logits", "cross_entropy needs at least one sample, got logits of shape (0, C)"));
+    }
+    if let Some((i, &t)) = target.iter().enumerate().find(|(_, &t)| t < 0 || t as u64 >= c as u64) {
+        return Err(Error::invalid(
+            "target",
+            format!("target[{i}] = {t} is not a class index in [0, {c}) (logits shape {})", shape_str(logits)),
+        ));
+    }
+    Ok(())
+}
+
+/// Mean softmax cross-entropy of `logits (N, C)` against class indices `target (N,)`.
+///
+/// The per-sample losses are summed in a fixed order (in f64), so the result does not depend on
+/// the thread count.
+pub fn cross_entropy<T: Real>(logits: ArrayViewD<'_, T>, target: ArrayView1<'_, i64>) -> Result<T> {
+    let target = target.to_vec();
+    check_cross_entropy(logits.shape(), &target)?;
+    let n = logits.shape()[0];
+    let mut losses = zeros_vec::<f64>(n, "losses")?;
+    parallel::install(|| {
+        losses.par_iter_mut().enumerate().for_each(|(i, loss)| {
+            let row = logits.index_axis(Axis(0), i);
+            let m = row.iter().fold(T::neg_infinity(), |m, &v| if v > m { v } else { m });
+            let sum: T = row.iter().map(|&v| (v - m).exp()).sum();
+            let lse = m + sum.ln();
+            *loss = (lse - row[target[i] as usize]).to_f64().unwrap_or(f64::NAN);
+        });
+    });
+    let total: f64 = losses.iter().sum();
+    Ok(T::from_f64(total / n as f64).expect("float conversion"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{arr1, arr2, IxDyn};
+
+    #[test]
+    fn relu_keeps_nan() {
+        let x = ArrayD::from_shape_vec(IxDyn(&[4]), vec![-1.0, 0.0, 2.0, f32::NAN]).unwrap();
+        let y = relu(x.view()).unwrap();
+        assert_eq!(&y.as_slice().unwrap()[..3], &[0.0, 0.0, 2.0]);
+        assert!(y[3].is_nan());
+    }
+
+    #[test]
+    fn softmax_rows_sum_to_one_and_log_matches() {
+        let x = arr2(&[[1.0f64, 2.0, 3.0], [1000.0, 1000.0, 1000.0]]).into_dyn();
+        let s = softmax(x.view(), -1).unwrap();
+        let l = log_softmax(x.view(), 1).unwrap();
+        for r in 0..2 {
+            let sum: f64 = (0..3).map(|c| s[[r, c]]).sum();
+            assert!((sum - 1.0).abs() < 1e-12);
+            for c in 0..3 {
+                assert!((l[[r, c]] - s[[r, c]].ln()).abs() < 1e-12);
+            }
+        }
+        let s0 = softmax(x.view(), 0).unwrap();
+        assert!((s0[[0, 0]] + s0[[1, 0]] - 1.0).abs() < 1e-12);
+        assert_eq!(softmax(x.view(), 2).unwrap_err().arg(), "axis");
+    }
+
+    #[test]
+    fn cross_entropy_of_uniform_logits_is_log_c() {
+        let x = arr2(&[[0.0f64, 0.0, 0.0, 0.0], [5.0, 5.0, 5.0, 5.0]]);
+        let loss = cross_entropy(x.view().into_dyn(), arr1(&[1i64, 3]).view()).unwrap();
+        assert!((loss - 4f64.ln()).abs() < 1e-12);
+        assert_eq!(cross_entropy(x.view().into_dyn(), arr1(&[1i64, 4]).view()).unwrap_err().arg(), "target");
+        assert_eq!(cross_entropy(x.view().into_dyn(), arr1(&[1i64]).view()).unwrap_err().arg(), "target");
+    }
+}

@@ -1,0 +1,76 @@
+//! Explicit padding for the non-zero padding modes (reflect, replicate, circular): the input is
+//! copied once into a larger buffer, after which the convolution is a plain valid one.
+
+use crate::element::{zeros_vec, Real};
+use crate::error::Result;
+use crate::params::{ConvGeometry, PaddingMode, MAX_DIMS};
+use rayon::prelude::*;
+
+/// The source index that padded position `i` (which may lie in the border, `-lo <= i < n + hi`)
+/// reads from, for an input dimension of size `n`. Geometry validation guarantees the border
+/// never exceeds what the mode can serve (reflect: < n, circular: <= n).
+pub(crate) fn source_index(mode: PaddingMode, i: isize, n: usize) -> usize {
+    let n = n as isize;
+    let j = match mode {
+        PaddingMode::Zeros | PaddingMode::Replicate => i.clamp(0, n - 1),
+        PaddingMode::Reflect => {
+            if i < 0 {
+                -i
+            } else if i >= n {
+                2 * (n - 1) - i
+            } else {
+                i
+            }
+        }
+        PaddingMode::Circular => i.rem_euclid(n),
+    };
+    j as usize
+}
+
+/// Copies `input` (N, C, *in) into a new (N, C, *padded) buffer whose border follows `mode`.
+pub(crate) fn pad_input<T: Real>(input: &[T], geo: &ConvGeometry, mode: PaddingMode) -> Result<Vec<T>> {
+    let padded = geo.with_padding_applied();
+    let plane_in = geo.input_len();
+    let plane_out = padded.input_len();
+    let len = crate::element::checked_len::<T>(&padded.input_shape(), "padded input")?;
+    let mut out = zeros_vec::<T>(len, "padded input")?;
+    // Source index of every padded position, per dimension.
+    let maps: Vec<Vec<usize>> = (0..MAX_DIMS)
+        .map(|d| {
+            (0..padded.input[d])
+                .map(|i| source_index(mode, i as isize - geo.pad_lo[d] as isize, geo.input[d]))
+                .collect()
+        })
+        .collect();
+    let [_, h, w] = geo.input;
+    if plane_out > 0 {
+        out.par_chunks_mut(plane_out).zip(input.par_chunks(plane_in.max(1))).for_each(|(dst, src)| {
+            let mut o = 0;
+            for &z in &maps[0] {
+                for &y in &maps[1] {
+                    let row = &src[(z * h + y) * w..][..w];
+                    for &x in &maps[2] {
+                        dst[o] = row[x];
+                        o += 1;
+                    }
+                }
+            }
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn border_indices() {
+        let row: Vec<usize> = (-2..6).map(|i| source_index(PaddingMode::Reflect, i, 4)).collect();
+        assert_eq!(row, vec![2, 1, 0, 1, 2, 3, 2, 1]);
+        let row: Vec<usize> = (-2..6).map(|i| source_index(PaddingMode::Replicate, i, 4)).collect();
+        assert_eq!(row, vec![0, 0, 0, 1, 2, 3, 3, 3]);
+        let row: Vec<usize> = (-2..6).map(|i| source_index(PaddingMode::Circular, i, 4)).collect();
+        assert_eq!(row, vec![2, 3, 0, 1, 2, 3, 0, 1]);
+    }
+}

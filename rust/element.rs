@@ -1,0 +1,160 @@
+//! The element types rconv computes in (f32 and f64) and the fallible buffers it computes into.
+
+use crate::error::{Error, Result};
+use ndarray::{ArrayD, ArrayViewD, CowArray, IxDyn};
+use num_traits::{Float, FromPrimitive};
+use std::fmt::Debug;
+use std::iter::Sum;
+use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
+
+/// A floating-point element type: `f32` or `f64`. Kernels are generic over it; only the GEMM call
+/// differs between the two.
+pub trait Real:
+    Float
+    + FromPrimitive
+    + Default
+    + Debug
+    + Send
+    + Sync
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Sum
+    + 'static
+{
+    /// `"float32"` or `"float64"`, for messages.
+    const NAME: &'static str;
+
+    /// `C = alpha * A B + beta * C` for an (m, k) A, a (k, n) B and an (m, n) C given by pointers
+    /// and element strides (row stride, column stride). With `beta == 0`, C is not read.
+    ///
+    /// # Safety
+    /// Every element addressed through the pointers and strides must be inside its allocation,
+    /// and C must not overlap A or B.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize, k: usize, n: usize, alpha: Self,
+        a: *const Self, rsa: isize, csa: isize,
+        b: *const Self, rsb: isize, csb: isize,
+        beta: Self, c: *mut Self, rsc: isize, csc: isize,
+    );
+}
+
+impl Real for f32 {
+    const NAME: &'static str = "float32";
+
+    unsafe fn gemm(
+        m: usize, k: usize, n: usize, alpha: f32,
+        a: *const f32, rsa: isize, csa: isize,
+        b: *const f32, rsb: isize, csb: isize,
+        beta: f32, c: *mut f32, rsc: isize, csc: isize,
+    ) {
+        // SAFETY: the caller guarantees the pointers and strides describe valid, non-overlapping
+        // matrices, which is matrixmultiply's contract.
+        unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
+}
+
+impl Real for f64 {
+    const NAME: &'static str = "float64";
+
+    unsafe fn gemm(
+        m: usize, k: usize, n: usize, alpha: f64,
+        a: *const f64, rsa: isize, csa: isize,
+        b: *const f64, rsb: isize, csb: isize,
+        beta: f64, c: *mut f64, rsc: isize, csc: isize,
+    ) {
+        // SAFETY: as for f32.
+        unsafe { matrixmultiply::dgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+    }
+}
+
+/// The number of elements of `shape`, or an `Alloc` error when it (or its byte size) overflows.
+pub(crate) fn checked_len<T>(shape: &[usize], what: &'static str) -> Result<usize> {
+    let too_big = || {
+        Error::alloc(what, format!("{what} of shape {} is too large to allocate", crate::error::shape_str(shape)))
+    };
+    let len = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(too_big)?;
+    match len.checked_mul(std::mem::size_of::<T>()) {
+        Some(bytes) if bytes <= isize::MAX as usize => Ok(len),
+        _ => Err(too_big()),
+    }
+}
+
+/// A zero-filled vector of `len` elements; an `Alloc` error (not an abort) when memory runs out.
+pub(crate) fn zeros_vec<T: Clone + Default>(len: usize, what: &'static str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| {
+        Error::alloc(
+            what,
+            format!("cannot allocate {what}: {len} elements of {} bytes", std::mem::size_of::<T>()),
+        )
+    })?;
+    v.resize(len, T::default());
+    Ok(v)
+}
+
+/// A zero-filled array of `shape`, allocated fallibly.
+pub(crate) fn zeros<T: Real>(shape: &[usize], what: &'static str) -> Result<ArrayD<T>> {
+    let len = checked_len::<T>(shape, what)?;
+    let v = zeros_vec::<T>(len, what)?;
+    Ok(ArrayD::from_shape_vec(IxDyn(shape), v).expect("length matches shape"))
+}
+
+/// `view` in standard (C-contiguous) layout: borrowed when it already is, else a fallible copy.
+pub(crate) fn standard<'a, T: Real>(view: ArrayViewD<'a, T>, what: &'static str) -> Result<CowArray<'a, T, IxDyn>> {
+    if view.is_standard_layout() {
+        return Ok(CowArray::from(view));
+    }
+    let mut out = zeros::<T>(view.shape(), what)?;
+    out.assign(&view);
+    Ok(CowArray::from(out))
+}
+
+/// A raw pointer that may cross threads. Used where parallel tasks write provably disjoint parts
+/// of one output buffer that cannot be split into safe chunks (e.g. column tiles of a matrix).
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr<T>(pub *mut T);
+
+// SAFETY: the pointer is only dereferenced by tasks that write disjoint elements, as each use
+// site documents; the pointee (f32/f64) is Send.
+unsafe impl<T: Send> Send for SendPtr<T> {}
+// SAFETY: as above; shared references to the wrapper only copy the pointer out.
+unsafe impl<T: Send> Sync for SendPtr<T> {}
+
+impl<T> SendPtr<T> {
+    /// The wrapped pointer. A method (not field access) so closures capture the whole
+    /// `SendPtr`, which is `Sync`, rather than the bare pointer field.
+    #[inline]
+    pub(crate) fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checked_len_catches_overflow() {
+        assert_eq!(checked_len::<f32>(&[2, 3, 4], "x").unwrap(), 24);
+        assert!(matches!(checked_len::<f32>(&[usize::MAX, 2], "x"), Err(Error::Alloc { .. })));
+        assert!(matches!(checked_len::<f64>(&[1 << 61], "x"), Err(Error::Alloc { .. })));
+    }
+
+    #[test]
+    fn huge_allocation_is_an_error_not_an_abort() {
+        assert!(matches!(zeros_vec::<f32>(1 << 60, "x"), Err(Error::Alloc { .. })));
+    }
+
+    #[test]
+    fn gemm_small() {
+        // [1 2; 3 4] * [5; 6] = [17; 39]
+        let a = [1.0f64, 2.0, 3.0, 4.0];
+        let b = [5.0f64, 6.0];
+        let mut c = [0.0f64; 2];
+        unsafe { f64::gemm(2, 2, 1, 1.0, a.as_ptr(), 2, 1, b.as_ptr(), 1, 1, 0.0, c.as_mut_ptr(), 1, 1) };
+        assert_eq!(c, [17.0, 39.0]);
+    }
+}

@@ -1,0 +1,74 @@
+//! The one error type of the crate. Every user mistake becomes a variant here (never a panic), and
+//! the Python bindings map each variant to one exception class (see `python/error.rs`).
+
+use std::fmt;
+
+/// What went wrong with a call. Each variant names the argument at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// An argument has a bad value, or a shape that does not fit the other arguments.
+    /// Python: `ValueError`.
+    InvalidArgument { arg: &'static str, msg: String },
+    /// An argument has an element type the operation does not take. Python: `TypeError`.
+    DType { arg: &'static str, msg: String },
+    /// A result or work buffer is too large to allocate (or its size overflows `usize`).
+    /// Python: `MemoryError`.
+    Alloc { what: &'static str, msg: String },
+}
+
+/// The crate's `Result`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn invalid(arg: &'static str, msg: impl Into<String>) -> Self {
+        Error::InvalidArgument { arg, msg: msg.into() }
+    }
+
+    pub(crate) fn alloc(what: &'static str, msg: impl Into<String>) -> Self {
+        Error::Alloc { what, msg: msg.into() }
+    }
+
+    /// The argument (or buffer) the error is about.
+    pub fn arg(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument { arg, .. } | Error::DType { arg, .. } => arg,
+            Error::Alloc { what, .. } => what,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument { msg, .. } | Error::DType { msg, .. } | Error::Alloc { msg, .. } => {
+                f.write_str(msg)
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Formats a shape the way NumPy prints it: `(2, 3)`, `(5,)`, `()`.
+pub(crate) fn shape_str(shape: &[usize]) -> String {
+    match shape {
+        [] => "()".to_string(),
+        [one] => format!("({one},)"),
+        _ => {
+            let parts: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+            format!("({})", parts.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_print_like_numpy() {
+        assert_eq!(shape_str(&[]), "()");
+        assert_eq!(shape_str(&[5]), "(5,)");
+        assert_eq!(shape_str(&[2, 3, 4]), "(2, 3, 4)");
+    }
+}

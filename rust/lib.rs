@@ -1,0 +1,29 @@
+//! rconv: convolutional-network building blocks for the CPU.
+//!
+//! Convolution (1-, 2-, 3-D, with stride, padding, dilation and groups), pooling, ReLU, linear
+//! layers and softmax cross-entropy over `ndarray` views of f32 or f64, computed in parallel on
+//! rconv's own rayon pool (see [`parallel`]). Layouts are channels-first, as in PyTorch:
+//! `(N, C, L)`, `(N, C, H, W)`, `(N, C, D, H, W)`; weights `(K, C / groups, *kernel)`.
+//!
+//! Every function validates its arguments first and returns [`Error`] for a bad one; none
+//! panics on user input.
+
+pub mod act;
+pub mod conv;
+mod element;
+pub mod error;
+pub mod linear;
+pub mod parallel;
+pub mod params;
+pub mod pool;
+#[cfg(feature = "python")]
+mod python;
+
+pub use act::{cross_entropy, log_softmax, relu, softmax};
+pub use conv::conv_forward;
+pub use element::Real;
+pub use error::{Error, Result};
+pub use linear::linear_forward;
+pub use parallel::{get_num_threads, set_num_threads};
+pub use params::{ConvGeometry, ConvParams, Padding, PaddingMode, PoolGeometry, PoolParams};
+pub use pool::{adaptive_avg_pool_forward, avg_pool_forward, max_pool_forward};

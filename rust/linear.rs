@@ -1,0 +1,107 @@
+//! Fully connected layers: `y = x W^T + b`.
+
+use crate::element::{standard, zeros, Real, SendPtr};
+use crate::error::{shape_str, Error, Result};
+use crate::parallel;
+use ndarray::{ArrayD, ArrayViewD};
+use rayon::prelude::*;
+
+/// Rows of the output per parallel task.
+const ROW_BLOCK: usize = 64;
+/// Output features per parallel task (a block of W^T that stays in cache).
+const COL_BLOCK: usize = 256;
+
+/// Linear layer forward (PyTorch's `linear`).
+///
+/// Shapes: `input (*, in_features)`, `weight (out_features, in_features)`, `bias (out_features,)`
+/// -> `(*, out_features)`.
+pub fn linear_forward<T: Real>(
+    input: ArrayViewD<'_, T>,
+    weight: ArrayViewD<'_, T>,
+    bias: Option<ArrayViewD<'_, T>>,
+) -> Result<ArrayD<T>> {
+    let shape = input.shape().to_vec();
+    let &[out_f, in_f] = weight.shape() else {
+        return Err(Error::invalid(
+            "weight",
+            format!("weight must have shape (out_features, in_features), got {}", shape_str(weight.shape())),
+        ));
+    };
+    if shape.last() != Some(&in_f) {
+        return Err(Error::invalid(
+            "input",
+            format!(
+                "input of shape {} must end in in_features = {in_f} to match weight {}",
+                shape_str(&shape),
+                shape_str(weight.shape())
+            ),
+        ));
+    }
+    if let Some(b) = &bias {
+        if b.shape() != [out_f] {
+            return Err(Error::invalid(
+                "bias",
+                format!("bias must have shape ({out_f},) to match weight {}, got {}", shape_str(weight.shape()), shape_str(b.shape())),
+            ));
+        }
+    }
+    let mut out_shape = shape.clone();
+    *out_shape.last_mut().expect("input has a last dimension") = out_f;
+    let mut out = zeros::<T>(&out_shape, "output")?;
+    let rows = shape[..shape.len() - 1].iter().product::<usize>();
+    if out.is_empty() {
+        return Ok(out);
+    }
+    let x = standard(input, "input copy")?;
+    let w = standard(weight, "weight copy")?;
+    let bias = bias.map(|b| b.iter().copied().collect::<Vec<T>>());
+    let (x, w) = (x.as_slice().expect("standard"), w.as_slice().expect("standard"));
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let (row_blocks, col_blocks) = (rows.div_ceil(ROW_BLOCK), out_f.div_ceil(COL_BLOCK));
+    parallel::install(|| {
+        (0..row_blocks * col_blocks).into_par_iter().for_each(|item| {
+            let (r0, c0) = ((item / col_blocks) * ROW_BLOCK, (item % col_blocks) * COL_BLOCK);
+            let (m, n) = (ROW_BLOCK.min(rows - r0), COL_BLOCK.min(out_f - c0));
+            // SAFETY: task (r, c) writes rows r0..r0+m, columns c0..c0+n of the (rows, out_f)
+            // output: disjoint between tasks and inside the buffer.
+            let c = unsafe { out_ptr.get().add(r0 * out_f + c0) };
+            let beta = match &bias {
+                Some(b) => {
+                    for i in 0..m {
+                        // SAFETY: row i of this task's block, as above.
+                        unsafe { std::slice::from_raw_parts_mut(c.add(i * out_f), n) }.copy_from_slice(&b[c0..c0 + n]);
+                    }
+                    T::one()
+                }
+                None => T::zero(),
+            };
+            // SAFETY: A = x rows r0.. (m, in_f) row-major; B = W^T columns c0.. viewed through
+            // W's strides (in_f, n); C is this task's block, disjoint from both.
+            unsafe {
+                T::gemm(
+                    m, in_f, n, T::one(),
+                    x[r0 * in_f..].as_ptr(), in_f as isize, 1,
+                    w[c0 * in_f..].as_ptr(), 1, in_f as isize,
+                    beta, c, out_f as isize, 1,
+                );
+            }
+        });
+    });
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{arr1, arr2};
+
+    #[test]
+    fn small_linear() {
+        let x = arr2(&[[1.0f64, 2.0], [3.0, 4.0], [5.0, 6.0]]).into_dyn();
+        let w = arr2(&[[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]);
+        let b = arr1(&[0.5, -0.5, 0.0]);
+        let y = linear_forward(x.view(), w.view().into_dyn(), Some(b.view().into_dyn())).unwrap();
+        assert_eq!(y, arr2(&[[1.5, 1.5, 3.0], [3.5, 3.5, 7.0], [5.5, 5.5, 11.0]]).into_dyn());
+        assert_eq!(linear_forward(x.view(), w.t().into_dyn(), None).unwrap_err().arg(), "input");
+    }
+}

@@ -1,0 +1,103 @@
+//! Bindings of `conv1d/2d/3d`.
+
+use super::args::{dispatch, expect_kind, ints, kind_of, padding, readonly, compute, PyReal};
+use super::{add_batch, drop_batch};
+use crate::conv::conv_forward;
+use crate::params::{ConvParams, PaddingMode};
+use numpy::IntoPyArray;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+#[allow(clippy::too_many_arguments)]
+fn conv_params(
+    dims: usize,
+    stride: Option<&Bound<'_, PyAny>>,
+    pad: Option<&Bound<'_, PyAny>>,
+    dilation: Option<&Bound<'_, PyAny>>,
+    groups: i64,
+    padding_mode: &str,
+) -> PyResult<ConvParams> {
+    if groups < 1 {
+        return Err(PyValueError::new_err(format!("groups must be at least 1, got {groups}")));
+    }
+    Ok(ConvParams {
+        stride: ints(stride, "stride", dims, 1, 1)?,
+        padding: padding(pad, dims)?,
+        dilation: ints(dilation, "dilation", dims, 1, 1)?,
+        groups: groups as usize,
+        padding_mode: padding_mode.parse::<PaddingMode>()?,
+    })
+}
+
+fn conv_typed<'py, T: PyReal>(
+    py: Python<'py>,
+    dims: usize,
+    input: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    bias: Option<&Bound<'py, PyAny>>,
+    params: &ConvParams,
+) -> PyResult<Bound<'py, PyAny>> {
+    let x = readonly::<T>(input, "input")?;
+    let w = readonly::<T>(weight, "weight")?;
+    let b = bias.map(|b| readonly::<T>(b, "bias")).transpose()?;
+    let (x, unbatched) = add_batch(x.as_array(), dims);
+    let (w, b) = (w.as_array(), b.as_ref().map(|b| b.as_array()));
+    let out = compute(py, || conv_forward(x, w, b, params))?;
+    Ok(drop_batch(out, unbatched).into_pyarray(py).into_any())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_nd<'py>(
+    py: Python<'py>,
+    dims: usize,
+    input: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    bias: Option<&Bound<'py, PyAny>>,
+    stride: Option<&Bound<'py, PyAny>>,
+    pad: Option<&Bound<'py, PyAny>>,
+    dilation: Option<&Bound<'py, PyAny>>,
+    groups: i64,
+    padding_mode: &str,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kind = kind_of(input, "input")?;
+    expect_kind(weight, "weight", kind, "input")?;
+    if let Some(b) = bias.filter(|b| !b.is_none()) {
+        expect_kind(b, "bias", kind, "input")?;
+    }
+    let bias = bias.filter(|b| !b.is_none());
+    let params = conv_params(dims, stride, pad, dilation, groups, padding_mode)?;
+    dispatch!(kind, conv_typed(py, dims, input, weight, bias, &params))
+}
+
+macro_rules! conv_fn {
+    ($name:ident, $dims:literal, $sig:literal) => {
+        /// Convolution over a batch of channels-first volumes; see `rconv.functional`.
+        #[pyfunction]
+        #[pyo3(signature = (input, weight, bias=None, stride=None, padding=None, dilation=None, groups=1, padding_mode="zeros"), text_signature = $sig)]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $name<'py>(
+            py: Python<'py>,
+            input: &Bound<'py, PyAny>,
+            weight: &Bound<'py, PyAny>,
+            bias: Option<&Bound<'py, PyAny>>,
+            stride: Option<&Bound<'py, PyAny>>,
+            padding: Option<&Bound<'py, PyAny>>,
+            dilation: Option<&Bound<'py, PyAny>>,
+            groups: i64,
+            padding_mode: &str,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            conv_nd(py, $dims, input, weight, bias, stride, padding, dilation, groups, padding_mode)
+        }
+    };
+}
+
+conv_fn!(conv1d, 1, "(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode='zeros')");
+conv_fn!(conv2d, 2, "(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode='zeros')");
+conv_fn!(conv3d, 3, "(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode='zeros')");
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(conv1d, m)?)?;
+    m.add_function(wrap_pyfunction!(conv2d, m)?)?;
+    m.add_function(wrap_pyfunction!(conv3d, m)?)?;
+    Ok(())
+}

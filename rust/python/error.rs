@@ -1,0 +1,15 @@
+//! Maps the crate's `Error` to Python exceptions: one arm per variant.
+
+use crate::error::Error;
+use pyo3::exceptions::{PyMemoryError, PyTypeError, PyValueError};
+use pyo3::PyErr;
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        match err {
+            Error::InvalidArgument { msg, .. } => PyValueError::new_err(msg),
+            Error::DType { msg, .. } => PyTypeError::new_err(msg),
+            Error::Alloc { msg, .. } => PyMemoryError::new_err(msg),
+        }
+    }
+}

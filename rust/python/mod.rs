@@ -1,0 +1,40 @@
+//! The Python extension module `rconv._rconv`: argument parsing, dtype dispatch, GIL release
+//! and error mapping only. All numerics live in the crate's core modules.
+
+mod args;
+mod conv;
+mod error;
+mod ops;
+mod pool;
+
+use ndarray::{ArrayD, ArrayViewD, Axis};
+use pyo3::prelude::*;
+
+/// Accepts unbatched input `(C, *spatial)` as PyTorch does: returns a batched view and whether a
+/// batch axis was added.
+fn add_batch<T>(x: ArrayViewD<'_, T>, dims: usize) -> (ArrayViewD<'_, T>, bool) {
+    if x.ndim() == dims + 1 {
+        (x.insert_axis(Axis(0)), true)
+    } else {
+        (x, false)
+    }
+}
+
+/// Removes the batch axis `add_batch` added.
+fn drop_batch<T>(out: ArrayD<T>, unbatched: bool) -> ArrayD<T> {
+    if unbatched {
+        out.index_axis_move(Axis(0), 0)
+    } else {
+        out
+    }
+}
+
+#[pymodule]
+fn _rconv(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    crate::parallel::init_from_env();
+    conv::register(m)?;
+    pool::register(m)?;
+    ops::register(m)?;
+    Ok(())
+}

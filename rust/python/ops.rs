@@ -1,0 +1,142 @@
+//! Bindings of ReLU, softmax, log-softmax, cross-entropy, linear, and the thread count.
+
+use super::args::{compute, dispatch, expect_kind, kind_of, readonly, PyReal};
+use crate::act;
+use crate::linear::linear_forward;
+use crate::parallel;
+use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods, PyArrayDescrMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+fn relu_typed<'py, T: PyReal>(py: Python<'py>, input: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let x = readonly::<T>(input, "input")?;
+    let x = x.as_array();
+    Ok(compute(py, || act::relu(x))?.into_pyarray(py).into_any())
+}
+
+/// `max(input, 0)` element-wise.
+#[pyfunction]
+pub(crate) fn relu<'py>(py: Python<'py>, input: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    dispatch!(kind_of(input, "input")?, relu_typed(py, input))
+}
+
+fn softmax_typed<'py, T: PyReal>(py: Python<'py>, input: &Bound<'py, PyAny>, axis: isize, log: bool) -> PyResult<Bound<'py, PyAny>> {
+    let x = readonly::<T>(input, "input")?;
+    let x = x.as_array();
+    let out = compute(py, || if log { act::log_softmax(x, axis) } else { act::softmax(x, axis) })?;
+    Ok(out.into_pyarray(py).into_any())
+}
+
+/// Softmax along `axis`.
+#[pyfunction]
+#[pyo3(signature = (input, axis=-1))]
+pub(crate) fn softmax<'py>(py: Python<'py>, input: &Bound<'py, PyAny>, axis: isize) -> PyResult<Bound<'py, PyAny>> {
+    dispatch!(kind_of(input, "input")?, softmax_typed(py, input, axis, false))
+}
+
+/// Log-softmax along `axis`.
+#[pyfunction]
+#[pyo3(signature = (input, axis=-1))]
+pub(crate) fn log_softmax<'py>(py: Python<'py>, input: &Bound<'py, PyAny>, axis: isize) -> PyResult<Bound<'py, PyAny>> {
+    dispatch!(kind_of(input, "input")?, softmax_typed(py, input, axis, true))
+}
+
+/// `target` as an int64 array: any integer dtype is accepted, nothing else.
+pub(crate) fn class_indices<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
+    let Ok(arr) = target.cast::<PyUntypedArray>() else {
+        return Err(PyTypeError::new_err(format!(
+            "target must be a numpy.ndarray of integer class indices, got {}",
+            target.get_type().name()?
+        )));
+    };
+    let kind = arr.dtype().kind();
+    if kind != b'i' && kind != b'u' {
+        return Err(PyTypeError::new_err(format!(
+            "target must hold integer class indices, got {} array of shape {}",
+            arr.dtype().str()?,
+            crate::error::shape_str(arr.shape())
+        )));
+    }
+    if arr.ndim() != 1 {
+        return Err(PyValueError::new_err(format!(
+            "target must have shape (N,), got {}",
+            crate::error::shape_str(arr.shape())
+        )));
+    }
+    // Values above i64::MAX (uint64 only) wrap to negatives and are rejected as out of range.
+    let converted = target.call_method1("astype", ("int64",))?;
+    Ok(converted.cast_into::<PyArrayDyn<i64>>()?)
+}
+
+fn cross_entropy_typed<'py, T: PyReal>(py: Python<'py>, logits: &Bound<'py, PyAny>, target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let x = readonly::<T>(logits, "logits")?;
+    let t = class_indices(target)?;
+    let t = t.try_readonly().map_err(|e| PyValueError::new_err(format!("target cannot be read: {e}")))?;
+    let (x, t) = (x.as_array(), t.as_array());
+    let t = t.into_dimensionality::<ndarray::Ix1>().expect("checked to be 1-D");
+    let loss = compute(py, || act::cross_entropy(x, t))?;
+    Ok(ndarray::arr0(loss).into_dyn().into_pyarray(py).into_any())
+}
+
+/// Mean softmax cross-entropy of `logits (N, C)` against integer `target (N,)`; a 0-d array.
+#[pyfunction]
+pub(crate) fn cross_entropy<'py>(py: Python<'py>, logits: &Bound<'py, PyAny>, target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    dispatch!(kind_of(logits, "logits")?, cross_entropy_typed(py, logits, target))
+}
+
+fn linear_typed<'py, T: PyReal>(
+    py: Python<'py>,
+    input: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    bias: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let x = readonly::<T>(input, "input")?;
+    let w = readonly::<T>(weight, "weight")?;
+    let b = bias.map(|b| readonly::<T>(b, "bias")).transpose()?;
+    let (x, w, b) = (x.as_array(), w.as_array(), b.as_ref().map(|b| b.as_array()));
+    Ok(compute(py, || linear_forward(x, w, b))?.into_pyarray(py).into_any())
+}
+
+/// `input @ weight.T + bias`.
+#[pyfunction]
+#[pyo3(signature = (input, weight, bias=None))]
+pub(crate) fn linear<'py>(
+    py: Python<'py>,
+    input: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    bias: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kind = kind_of(input, "input")?;
+    expect_kind(weight, "weight", kind, "input")?;
+    let bias = bias.filter(|b| !b.is_none());
+    if let Some(b) = bias {
+        expect_kind(b, "bias", kind, "input")?;
+    }
+    dispatch!(kind, linear_typed(py, input, weight, bias))
+}
+
+/// Sets the number of threads rconv computes with (at least 1).
+#[pyfunction]
+pub(crate) fn set_num_threads(n: i64) -> PyResult<()> {
+    if n < 1 {
+        return Err(PyValueError::new_err(format!("set_num_threads: n must be at least 1, got {n}")));
+    }
+    Ok(parallel::set_num_threads(n as usize)?)
+}
+
+/// The number of threads rconv computes with.
+#[pyfunction]
+pub(crate) fn get_num_threads() -> usize {
+    parallel::get_num_threads()
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(relu, m)?)?;
+    m.add_function(wrap_pyfunction!(softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(log_softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy, m)?)?;
+    m.add_function(wrap_pyfunction!(linear, m)?)?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Bindings of the max, average and adaptive average pools.
+
+use super::args::{compute, dispatch, ints, kind_of, output_size, readonly, PyReal};
+use super::{add_batch, drop_batch};
+use crate::params::PoolParams;
+use crate::pool::{adaptive_avg_pool_forward, avg_pool_forward, max_pool_forward};
+use numpy::IntoPyArray;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+fn pool_params(
+    dims: usize,
+    kernel_size: &Bound<'_, PyAny>,
+    stride: Option<&Bound<'_, PyAny>>,
+    padding: Option<&Bound<'_, PyAny>>,
+    dilation: Option<&Bound<'_, PyAny>>,
+    ceil_mode: bool,
+) -> PyResult<PoolParams> {
+    let kernel = ints(Some(kernel_size), "kernel_size", dims, 1, 1)?;
+    // PyTorch treats an empty stride like None: the kernel size.
+    let stride = stride.filter(|s| s.len().map_or(true, |n| n > 0));
+    Ok(PoolParams {
+        stride: ints(stride, "stride", dims, 1, 1).map(|s| if stride.is_none_or(|s| s.is_none()) { kernel.clone() } else { s })?,
+        padding: ints(padding, "padding", dims, 0, 0)?,
+        dilation: ints(dilation, "dilation", dims, 1, 1)?,
+        ceil_mode,
+        kernel,
+    })
+}
+
+fn max_typed<'py, T: PyReal>(
+    py: Python<'py>,
+    dims: usize,
+    input: &Bound<'py, PyAny>,
+    params: &PoolParams,
+    return_indices: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let x = readonly::<T>(input, "input")?;
+    let (x, unbatched) = add_batch(x.as_array(), dims);
+    let (out, idx) = compute(py, || max_pool_forward(x, params))?;
+    let out = drop_batch(out, unbatched).into_pyarray(py).into_any();
+    if return_indices {
+        let idx = drop_batch(idx, unbatched).into_pyarray(py).into_any();
+        Ok(PyTuple::new(py, [out, idx])?.into_any())
+    } else {
+        Ok(out)
+    }
+}
+
+fn avg_typed<'py, T: PyReal>(
+    py: Python<'py>,
+    dims: usize,
+    input: &Bound<'py, PyAny>,
+    params: &PoolParams,
+    count_include_pad: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let x = readonly::<T>(input, "input")?;
+    let (x, unbatched) = add_batch(x.as_array(), dims);
+    let out = compute(py, || avg_pool_forward(x, params, count_include_pad))?;
+    Ok(drop_batch(out, unbatched).into_pyarray(py).into_any())
+}
+
+fn adaptive_typed<'py, T: PyReal>(
+    py: Python<'py>,
+    dims: usize,
+    input: &Bound<'py, PyAny>,
+    size: &[Option<usize>],
+) -> PyResult<Bound<'py, PyAny>> {
+    let x = readonly::<T>(input, "input")?;
+    let (x, unbatched) = add_batch(x.as_array(), dims);
+    let out = compute(py, || adaptive_avg_pool_forward(x, size))?;
+    Ok(drop_batch(out, unbatched).into_pyarray(py).into_any())
+}
+
+macro_rules! pool_fns {
+    ($max:ident, $avg:ident, $adaptive:ident, $dims:literal) => {
+        /// Max pooling over channels-first volumes; see `rconv.functional`.
+        #[pyfunction]
+        #[pyo3(signature = (input, kernel_size, stride=None, padding=None, dilation=None, ceil_mode=false, return_indices=false),
+               text_signature = "(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False)")]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $max<'py>(
+            py: Python<'py>,
+            input: &Bound<'py, PyAny>,
+            kernel_size: &Bound<'py, PyAny>,
+            stride: Option<&Bound<'py, PyAny>>,
+            padding: Option<&Bound<'py, PyAny>>,
+            dilation: Option<&Bound<'py, PyAny>>,
+            ceil_mode: bool,
+            return_indices: bool,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let kind = kind_of(input, "input")?;
+            let params = pool_params($dims, kernel_size, stride, padding, dilation, ceil_mode)?;
+            dispatch!(kind, max_typed(py, $dims, input, &params, return_indices))
+        }
+
+        /// Average pooling over channels-first volumes; see `rconv.functional`.
+        #[pyfunction]
+        #[pyo3(signature = (input, kernel_size, stride=None, padding=None, ceil_mode=false, count_include_pad=true),
+               text_signature = "(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)")]
+        pub(crate) fn $avg<'py>(
+            py: Python<'py>,
+            input: &Bound<'py, PyAny>,
+            kernel_size: &Bound<'py, PyAny>,
+            stride: Option<&Bound<'py, PyAny>>,
+            padding: Option<&Bound<'py, PyAny>>,
+            ceil_mode: bool,
+            count_include_pad: bool,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let kind = kind_of(input, "input")?;
+            let params = pool_params($dims, kernel_size, stride, padding, None, ceil_mode)?;
+            dispatch!(kind, avg_typed(py, $dims, input, &params, count_include_pad))
+        }
+
+        /// Adaptive average pooling to a fixed output size; see `rconv.functional`.
+        #[pyfunction]
+        #[pyo3(signature = (input, output_size))]
+        pub(crate) fn $adaptive<'py>(
+            py: Python<'py>,
+            input: &Bound<'py, PyAny>,
+            output_size: &Bound<'py, PyAny>,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let kind = kind_of(input, "input")?;
+            let size = self::output_size(output_size, $dims)?;
+            dispatch!(kind, adaptive_typed(py, $dims, input, &size))
+        }
+    };
+}
+
+pool_fns!(max_pool1d, avg_pool1d, adaptive_avg_pool1d, 1);
+pool_fns!(max_pool2d, avg_pool2d, adaptive_avg_pool2d, 2);
+pool_fns!(max_pool3d, avg_pool3d, adaptive_avg_pool3d, 3);
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(max_pool1d, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool2d, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool3d, m)?)?;
+    m.add_function(wrap_pyfunction!(avg_pool1d, m)?)?;
+    m.add_function(wrap_pyfunction!(avg_pool2d, m)?)?;
+    m.add_function(wrap_pyfunction!(avg_pool3d, m)?)?;
+    m.add_function(wrap_pyfunction!(adaptive_avg_pool1d, m)?)?;
+    m.add_function(wrap_pyfunction!(adaptive_avg_pool2d, m)?)?;
+    m.add_function(wrap_pyfunction!(adaptive_avg_pool3d, m)?)?;
+    Ok(())
+}
