@@ -25,6 +25,34 @@ pub fn relu<T: Real>(input: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
     Ok(out)
 }
 
+/// ReLU backward: `grad_output` where `input > 0`, else 0. Both of one shape.
+pub fn relu_backward<T: Real>(grad_output: ArrayViewD<'_, T>, input: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
+    if grad_output.shape() != input.shape() {
+        return Err(Error::invalid(
+            "grad_output",
+            format!(
+                "grad_output must have the input's shape {}, got {}",
+                shape_str(input.shape()),
+                shape_str(grad_output.shape())
+            ),
+        ));
+    }
+    let (g, x) = (standard(grad_output, "grad_output copy")?, standard(input, "input copy")?);
+    let mut out = zeros::<T>(x.shape(), "grad_input")?;
+    let (g, x) = (g.as_slice().expect("standard layout"), x.as_slice().expect("standard layout"));
+    let dst = out.as_slice_mut().expect("fresh array");
+    parallel::install(|| {
+        dst.par_chunks_mut(ELEMWISE_CHUNK)
+            .zip(g.par_chunks(ELEMWISE_CHUNK).zip(x.par_chunks(ELEMWISE_CHUNK)))
+            .for_each(|(d, (g, x))| {
+                for ((o, &gv), &xv) in d.iter_mut().zip(g).zip(x) {
+                    *o = if xv > T::zero() { gv } else { T::zero() };
+                }
+            });
+    });
+    Ok(out)
+}
+
 /// Softmax along `axis` (negative counts from the end). Any shape with at least one dimension.
 pub fn softmax<T: Real>(input: ArrayViewD<'_, T>, axis: isize) -> Result<ArrayD<T>> {
     normalize_along(input, axis, false)
@@ -128,6 +156,26 @@ pub fn cross_entropy<T: Real>(logits: ArrayViewD<'_, T>, target: ArrayView1<'_, 
     });
     let total: f64 = losses.iter().sum();
     Ok(T::from_f64(total / n as f64).expect("float conversion"))
+}
+
+/// Gradient of the mean cross-entropy with respect to `logits (N, C)`:
+/// `(softmax(logits) - onehot(target)) / N`.
+pub fn cross_entropy_backward<T: Real>(logits: ArrayViewD<'_, T>, target: ArrayView1<'_, i64>) -> Result<ArrayD<T>> {
+    let target = target.to_vec();
+    check_cross_entropy(logits.shape(), &target)?;
+    let mut grad = softmax(logits, -1)?;
+    let (n, c) = (grad.shape()[0], grad.shape()[1]);
+    let scale = T::one() / T::from_usize(n).expect("batch size fits a float");
+    let dst = grad.as_slice_mut().expect("fresh array");
+    parallel::install(|| {
+        dst.par_chunks_mut(c).zip(target.par_iter()).for_each(|(row, &t)| {
+            row[t as usize] -= T::one();
+            for v in row.iter_mut() {
+                *v *= scale;
+            }
+        });
+    });
+    Ok(grad)
 }
 
 #[cfg(test)]

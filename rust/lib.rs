@@ -19,11 +19,14 @@ pub mod pool;
 #[cfg(feature = "python")]
 mod python;
 
-pub use act::{cross_entropy, log_softmax, relu, softmax};
-pub use conv::conv_forward;
+pub use act::{cross_entropy, cross_entropy_backward, log_softmax, relu, relu_backward, softmax};
+pub use conv::{conv_backward, conv_backward_input, conv_backward_weight, conv_forward};
 pub use element::Real;
 pub use error::{Error, Result};
-pub use linear::linear_forward;
+pub use linear::{linear_backward, linear_forward};
 pub use parallel::{get_num_threads, set_num_threads};
 pub use params::{ConvGeometry, ConvParams, Padding, PaddingMode, PoolGeometry, PoolParams};
-pub use pool::{adaptive_avg_pool_forward, avg_pool_forward, max_pool_forward};
+pub use pool::{
+    adaptive_avg_pool_backward, adaptive_avg_pool_forward, avg_pool_backward, avg_pool_forward, max_pool_backward,
+    max_pool_forward,
+};

@@ -90,6 +90,89 @@ pub fn linear_forward<T: Real>(
     Ok(out)
 }
 
+/// Linear layer backward: `(grad_input (*, in), grad_weight (out, in), grad_bias (out,))` for
+/// `grad_output (*, out)`.
+///
+/// `grad_weight = grad_output^T input` sums over every row; each task owns a block of
+/// `grad_weight` and sums all rows in order, so no partial sums depend on the thread count.
+pub fn linear_backward<T: Real>(
+    grad_output: ArrayViewD<'_, T>,
+    input: ArrayViewD<'_, T>,
+    weight: ArrayViewD<'_, T>,
+) -> Result<(ArrayD<T>, ArrayD<T>, ArrayD<T>)> {
+    let &[out_f, in_f] = weight.shape() else {
+        return Err(Error::invalid(
+            "weight",
+            format!("weight must have shape (out_features, in_features), got {}", shape_str(weight.shape())),
+        ));
+    };
+    let shape = input.shape().to_vec();
+    if shape.last() != Some(&in_f) {
+        return Err(Error::invalid(
+            "input",
+            format!("input of shape {} must end in in_features = {in_f} to match weight {}", shape_str(&shape), shape_str(weight.shape())),
+        ));
+    }
+    let mut expected = shape.clone();
+    *expected.last_mut().expect("non-empty") = out_f;
+    if grad_output.shape() != expected.as_slice() {
+        return Err(Error::invalid(
+            "grad_output",
+            format!("grad_output must have the forward output's shape {}, got {}", shape_str(&expected), shape_str(grad_output.shape())),
+        ));
+    }
+    let rows: usize = shape[..shape.len() - 1].iter().product();
+    let mut grad_input = zeros::<T>(&shape, "grad_input")?;
+    let mut grad_weight = zeros::<T>(&[out_f, in_f], "grad_weight")?;
+    let mut grad_bias = zeros::<T>(&[out_f], "grad_bias")?;
+    if rows == 0 || out_f == 0 || in_f == 0 {
+        return Ok((grad_input, grad_weight, grad_bias));
+    }
+    let dy = standard(grad_output, "grad_output copy")?;
+    let x = standard(input, "input copy")?;
+    let w = standard(weight, "weight copy")?;
+    let (dy, x, w) = (dy.as_slice().expect("standard"), x.as_slice().expect("standard"), w.as_slice().expect("standard"));
+    let (dx_ptr, dw_ptr) = (SendPtr(grad_input.as_mut_ptr()), SendPtr(grad_weight.as_mut_ptr()));
+    let db = grad_bias.as_slice_mut().expect("fresh array");
+    parallel::install(|| {
+        // grad_input (rows, in) = dy (rows, out) x W (out, in), in (row, column) blocks.
+        let (rb, cb) = (rows.div_ceil(ROW_BLOCK), in_f.div_ceil(COL_BLOCK));
+        (0..rb * cb).into_par_iter().for_each(|item| {
+            let (r0, c0) = ((item / cb) * ROW_BLOCK, (item % cb) * COL_BLOCK);
+            let (m, n) = (ROW_BLOCK.min(rows - r0), COL_BLOCK.min(in_f - c0));
+            // SAFETY: this task's (m, n) block of grad_input, disjoint from the others; A and B
+            // are read-only inputs.
+            unsafe {
+                T::gemm(
+                    m, out_f, n, T::one(),
+                    dy[r0 * out_f..].as_ptr(), out_f as isize, 1,
+                    w[c0..].as_ptr(), in_f as isize, 1,
+                    T::zero(), dx_ptr.get().add(r0 * in_f + c0), in_f as isize, 1,
+                );
+            }
+        });
+        // grad_weight (out, in) = dy^T (out, rows) x x (rows, in), in (out, in) blocks.
+        let (ob, ib) = (out_f.div_ceil(ROW_BLOCK), in_f.div_ceil(COL_BLOCK));
+        (0..ob * ib).into_par_iter().for_each(|item| {
+            let (o0, i0) = ((item / ib) * ROW_BLOCK, (item % ib) * COL_BLOCK);
+            let (m, n) = (ROW_BLOCK.min(out_f - o0), COL_BLOCK.min(in_f - i0));
+            // SAFETY: this task's (m, n) block of grad_weight; dy^T is read through strides.
+            unsafe {
+                T::gemm(
+                    m, rows, n, T::one(),
+                    dy[o0..].as_ptr(), 1, out_f as isize,
+                    x[i0..].as_ptr(), in_f as isize, 1,
+                    T::zero(), dw_ptr.get().add(o0 * in_f + i0), in_f as isize, 1,
+                );
+            }
+        });
+        db.par_iter_mut().enumerate().for_each(|(o, d)| {
+            *d = (0..rows).map(|r| dy[r * out_f + o]).sum();
+        });
+    });
+    Ok((grad_input, grad_weight, grad_bias))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -378,3 +378,81 @@ def test_conv2d_inf_propagation(dtype):
     np.testing.assert_array_equal(np.isneginf(got), np.isneginf(expected))
     assert np.isnan(expected).any() and np.isposinf(expected).any() and np.isneginf(expected).any()
     assert_close(got, expected, dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# exhaustive small grids: every edge of the padding/dilation arithmetic, deterministically
+
+
+def test_conv1d_exhaustive_small_grid():
+    failures = []
+    rng = np.random.default_rng(0)
+    for size in range(1, 6):
+        x = rng.standard_normal((1, 2, size))
+        for k in range(1, 5):
+            w = rng.standard_normal((2, 2, k))
+            for d in range(1, 5):
+                for p in range(0, 4):
+                    for s in (1, 2, 3):
+                        for mode in PADDING_MODES:
+                            if size + 2 * p < d * (k - 1) + 1:
+                                continue
+                            if (mode == "reflect" and p >= size) or (mode == "circular" and p > size):
+                                continue
+                            kwargs = dict(stride=s, padding=p, dilation=d, padding_mode=mode)
+                            expected = ref.conv(x, w, **kwargs)
+                            try:
+                                got = rconv.conv1d(x, w, **kwargs)
+                            except Exception as e:  # noqa: BLE001 - collected and reported below
+                                failures.append((size, k, kwargs, f"{type(e).__name__}: {e}"))
+                                continue
+                            if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-10, atol=1e-10):
+                                failures.append((size, k, kwargs, "wrong values"))
+    assert not failures, f"{len(failures)} failing cases, first: {failures[:5]}"
+
+
+def test_conv2d_exhaustive_small_grid():
+    failures = []
+    rng = np.random.default_rng(1)
+    for h, w_ in ((1, 3), (3, 1), (2, 4), (4, 4)):
+        x = rng.standard_normal((1, 2, h, w_))
+        for kh, kw in ((1, 1), (1, 3), (3, 1), (2, 2), (3, 3)):
+            w = rng.standard_normal((2, 1, kh, kw))
+            for d in ((1, 1), (2, 1), (1, 3), (2, 2)):
+                for p in ((0, 0), (1, 0), (0, 2), (2, 2)):
+                    for s in ((1, 1), (2, 1), (1, 2)):
+                        if h + 2 * p[0] < d[0] * (kh - 1) + 1 or w_ + 2 * p[1] < d[1] * (kw - 1) + 1:
+                            continue
+                        kwargs = dict(stride=s, padding=p, dilation=d, groups=2)
+                        expected = ref.conv(x, w, **kwargs)
+                        try:
+                            got = rconv.conv2d(x, w, **kwargs)
+                        except Exception as e:  # noqa: BLE001
+                            failures.append(((h, w_), (kh, kw), kwargs, f"{type(e).__name__}: {e}"))
+                            continue
+                        if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-10, atol=1e-10):
+                            failures.append(((h, w_), (kh, kw), kwargs, "wrong values"))
+    assert not failures, f"{len(failures)} failing cases, first: {failures[:5]}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "x_shape, w_shape, kwargs",
+    [
+        ((2, 19, 17, 13), (23, 19, 3, 3), dict(padding=1)),
+        ((3, 37, 9, 11), (29, 37, 1, 1), dict()),
+        ((1, 7, 31, 29), (65, 7, 5, 3), dict(stride=(2, 1), padding=(2, 0))),
+        ((2, 24, 15, 15), (24, 1, 3, 3), dict(groups=24, padding="same", stride=2)),
+        ((2, 12, 14, 10), (18, 4, 3, 3), dict(groups=3, dilation=2, padding="same", padding_mode="reflect")),
+        ((2, 9, 300), (17, 9, 7), dict(padding=3, padding_mode="circular")),
+        ((1, 5, 9, 8, 7), (11, 5, 3, 2, 3), dict(padding=(1, 0, 1), stride=(1, 2, 1))),
+    ],
+)
+def test_conv_medium_odd_sizes(dtype, x_shape, w_shape, kwargs):
+    # sizes that are not multiples of any SIMD width or tile: the blocking edges must be right
+    rng = np.random.default_rng(len(x_shape) * 1000 + x_shape[1])
+    x = rng.standard_normal(x_shape).astype(dtype)
+    w = rng.standard_normal(w_shape).astype(dtype)
+    b = rng.standard_normal(w_shape[0]).astype(dtype)
+    nd = len(x_shape) - 2
+    assert_close(conv_fn(nd)(x, w, b, **kwargs), ref.conv(x, w, b, **kwargs), dtype)

@@ -350,3 +350,44 @@ def test_pools_empty_batch(nd, dtype):
         assert isinstance(got, np.ndarray) and got.dtype == dtype
     assert getattr(rconv, f"max_pool{nd}d")(x, 2).shape == (0, 2) + (2,) * nd
     assert getattr(rconv, f"adaptive_avg_pool{nd}d")(x, 3).shape == (0, 2) + (3,) * nd
+
+
+# ----------------------------------------------------------------------------------------------
+# exhaustive small grid over the pooling arithmetic (ceil_mode edges especially)
+
+
+def test_pool1d_exhaustive_small_grid():
+    failures = []
+    rng = np.random.default_rng(0)
+    for size in range(1, 9):
+        x = distinct_values((1, 2, size), np.float64, rng)
+        for k in range(1, 5):
+            for p in range(0, k // 2 + 1):
+                for s in (None, 1, 2, 3):
+                    for ceil_mode in (False, True):
+                        for d in (1, 2, 3):
+                            if size + 2 * p < d * (k - 1) + 1:
+                                continue
+                            kw = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode)
+                            exp_val, exp_idx = ref.max_pool(x, 1, dilation=d, **kw)
+                            if (exp_idx < 0).any():
+                                continue
+                            try:
+                                val, idx = rconv.max_pool1d(x, dilation=d, return_indices=True, **kw)
+                                ok = np.array_equal(val, exp_val) and np.array_equal(idx, exp_idx)
+                            except Exception as e:  # noqa: BLE001
+                                ok = f"{type(e).__name__}: {e}"
+                            if ok is not True:
+                                failures.append(("max", size, kw, d, ok))
+                        if size + 2 * p < k:
+                            continue
+                        for cip in (False, True):
+                            expected = ref.avg_pool(x, 1, count_include_pad=cip, **kw)
+                            try:
+                                got = rconv.avg_pool1d(x, count_include_pad=cip, **kw)
+                                ok = got.shape == expected.shape and np.allclose(got, expected, rtol=1e-12, atol=1e-12)
+                            except Exception as e:  # noqa: BLE001
+                                ok = f"{type(e).__name__}: {e}"
+                            if ok is not True:
+                                failures.append(("avg", size, kw, cip, ok))
+    assert not failures, f"{len(failures)} failing cases, first: {failures[:5]}"

@@ -61,7 +61,7 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
             (x_group[p0..].as_ptr(), in_len as isize)
         } else {
             col.resize(rows * cols, T::zero());
-            fill_tile(x_group, geo, p0, cols, col);
+            fill_tile(x_group, geo, cg, p0, cols, col);
             (col.as_ptr(), cols as isize)
         };
         let a = &w[g * kg * rows..][..kg * rows];
@@ -73,25 +73,74 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
     });
 }
 
-/// Writes columns `p0 .. p0 + cols` of the im2col matrix of one group of one sample into `col`
-/// (row-major, `cols` wide). Row `r = (c * kd + z) * kh * kw + y * kw + x` holds input channel `c`
-/// at kernel offset (z, y, x); positions in the zero padding read as 0.
-pub(crate) fn fill_tile<T: Real>(x_group: &[T], geo: &ConvGeometry, p0: usize, cols: usize, col: &mut [T]) {
+/// Writes columns `p0 .. p0 + cols` of the im2col matrix of `channels` consecutive input
+/// channels of one sample (`x_chans`) into `col` (row-major, `cols` wide). Row
+/// `r = (c * kd + z) * kh * kw + y * kw + x` holds channel `c` at kernel offset (z, y, x);
+/// positions in the zero padding read as 0.
+pub(crate) fn fill_tile<T: Real>(x_chans: &[T], geo: &ConvGeometry, channels: usize, p0: usize, cols: usize, col: &mut [T]) {
+    for_each_run(geo, channels, p0, cols, |c, r, j, src| {
+        let dst = &mut col[r * cols + j..][..src.len];
+        match src.start {
+            None => dst.fill(T::zero()),
+            Some(at) => {
+                let xc = &x_chans[c * geo.input_len()..];
+                if src.step == 1 {
+                    dst.copy_from_slice(&xc[at..at + src.len]);
+                } else {
+                    for (i, v) in dst.iter_mut().enumerate() {
+                        *v = xc[at + i * src.step];
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Adds the im2col-shaped gradient `col` (columns `p0 .. p0 + cols` of `channels` channels, as
+/// `fill_tile` lays them out) back onto the input positions they were read from: the adjoint
+/// of `fill_tile`. Padding positions are dropped.
+pub(crate) fn scatter_tile<T: Real>(col: &[T], geo: &ConvGeometry, channels: usize, p0: usize, cols: usize, dx_chans: &mut [T]) {
+    let in_len = geo.input_len();
+    for_each_run(geo, channels, p0, cols, |c, r, j, src| {
+        if let Some(at) = src.start {
+            let g = &col[r * cols + j..][..src.len];
+            let dxc = &mut dx_chans[c * in_len..];
+            if src.step == 1 {
+                for (d, &v) in dxc[at..at + src.len].iter_mut().zip(g) {
+                    *d += v;
+                }
+            } else {
+                for (i, &v) in g.iter().enumerate() {
+                    dxc[at + i * src.step] += v;
+                }
+            }
+        }
+    });
+}
+
+/// A run of im2col columns along one output row: `len` columns that read the input at
+/// `start, start + step, ...` within a channel (`None`: all in the zero padding).
+struct Run {
+    start: Option<usize>,
+    step: usize,
+    len: usize,
+}
+
+/// Walks the im2col matrix of `channels` channels, columns `p0 .. p0 + cols`, as runs: calls
+/// `f(channel, row, first column, run)` for each maximal stretch of columns that lies in one
+/// output row and is entirely inside the input or entirely in the padding.
+fn for_each_run(geo: &ConvGeometry, channels: usize, p0: usize, cols: usize, mut f: impl FnMut(usize, usize, usize, Run)) {
     let [kd, kh, kw] = geo.kernel;
     let [_, oh, ow] = geo.output;
     let [id, ih, iw] = geo.input;
     let [sd, sh, sw] = geo.stride;
     let [dd, dh, dw] = geo.dilation;
     let [pd, ph, pw] = geo.pad_lo;
-    let in_len = geo.input_len();
     let mut r = 0;
-    for c in 0..geo.c_in_per_group() {
-        let xc = &x_group[c * in_len..][..in_len];
+    for c in 0..channels {
         for kz in 0..kd {
             for ky in 0..kh {
                 for kx in 0..kw {
-                    let dst = &mut col[r * cols..][..cols];
-                    r += 1;
                     // Output columns ox whose input column ox*sw + kx*dw - pw lies in [0, iw).
                     let shift = kx * dw;
                     let first = pw.saturating_sub(shift).div_ceil(sw);
@@ -102,32 +151,137 @@ pub(crate) fn fill_tile<T: Real>(x_group: &[T], geo: &ConvGeometry, p0: usize, c
                         let (oz, rem) = (p / (oh * ow), p % (oh * ow));
                         let (oy, ox0) = (rem / ow, rem % ow);
                         let run = (ow - ox0).min(cols - j);
-                        let run_dst = &mut dst[j..j + run];
                         let iz = (oz * sd + kz * dd) as isize - pd as isize;
                         let iy = (oy * sh + ky * dh) as isize - ph as isize;
                         if iz < 0 || iz >= id as isize || iy < 0 || iy >= ih as isize {
-                            run_dst.fill(T::zero());
+                            f(c, r, j, Run { start: None, step: sw, len: run });
                         } else {
-                            let row = &xc[(iz as usize * ih + iy as usize) * iw..][..iw];
+                            let row = (iz as usize * ih + iy as usize) * iw;
                             let lo = first.clamp(ox0, ox0 + run);
                             let hi = end.clamp(lo, ox0 + run);
-                            run_dst[..lo - ox0].fill(T::zero());
-                            run_dst[hi - ox0..].fill(T::zero());
-                            let src0 = lo * sw + shift - pw;
-                            let seg = &mut run_dst[lo - ox0..hi - ox0];
-                            if sw == 1 {
-                                seg.copy_from_slice(&row[src0..src0 + seg.len()]);
-                            } else {
-                                for (i, v) in seg.iter_mut().enumerate() {
-                                    *v = row[src0 + i * sw];
-                                }
+                            if lo > ox0 {
+                                f(c, r, j, Run { start: None, step: sw, len: lo - ox0 });
+                            }
+                            if hi > lo {
+                                f(c, r, j + lo - ox0, Run { start: Some(row + lo * sw + shift - pw), step: sw, len: hi - lo });
+                            }
+                            if ox0 + run > hi {
+                                f(c, r, j + hi - ox0, Run { start: None, step: sw, len: ox0 + run - hi });
                             }
                         }
                         j += run;
                         p += run;
                     }
+                    r += 1;
                 }
             }
         }
     }
+}
+
+/// Input channels per backward task: a group's channels are split into at most this many
+/// blocks, so small batches still give the pool parallel work. A function of the shape only.
+const MAX_CHANNEL_BLOCKS: usize = 8;
+
+/// `(block size, block count)` for splitting `cg` channels.
+fn channel_blocks(cg: usize) -> (usize, usize) {
+    let size = cg.div_ceil(cg.clamp(1, MAX_CHANNEL_BLOCKS));
+    (size.max(1), cg.div_ceil(size.max(1)))
+}
+
+/// `dx (N, C, *input) = conv_input_grad(dy (N, K, *output), w)`: per (sample, group, channel
+/// block) task, `dcol = W_g[:, block]^T dy` one tile at a time, scattered back with
+/// `scatter_tile`. Tasks own disjoint channels of `dx`, which must be zeroed.
+pub(crate) fn backward_input<T: Real>(dy: &[T], w: &[T], geo: &ConvGeometry, dx: &mut [T]) {
+    let (cg, kg, kvol) = (geo.c_in_per_group(), geo.c_out_per_group(), geo.kernel_volume());
+    let rows = cg * kvol;
+    let (in_len, out_len) = (geo.input_len(), geo.output_len());
+    let (cb, blocks) = channel_blocks(cg);
+    let tile = tile_cols(cb * kvol, out_len);
+    let tiles = out_len.div_ceil(tile);
+    let dx_ptr = SendPtr(dx.as_mut_ptr());
+    (0..geo.n * geo.groups * blocks).into_par_iter().for_each_init(Vec::new, |dcol: &mut Vec<T>, item| {
+        let (ng, b) = (item / blocks, item % blocks);
+        let (n, g) = (ng / geo.groups, ng % geo.groups);
+        let (c0, c1) = (b * cb, ((b + 1) * cb).min(cg));
+        let channels = c1 - c0;
+        // SAFETY: task (n, g, b) owns channels g*cg+c0 .. g*cg+c1 of sample n: a contiguous
+        // range of `dx` that no other task touches.
+        let dx_chans = unsafe {
+            std::slice::from_raw_parts_mut(dx_ptr.get().add((n * geo.c_in + g * cg + c0) * in_len), channels * in_len)
+        };
+        let dy_block = &dy[(n * geo.c_out + g * kg) * out_len..][..kg * out_len];
+        let w_block = &w[g * kg * rows + c0 * kvol..];
+        for t in 0..tiles {
+            let p0 = t * tile;
+            let cols = tile.min(out_len - p0);
+            dcol.resize(channels * kvol * cols, T::zero());
+            // SAFETY: A = W_g^T rows c0*kvol.. (channels*kvol, kg) read through W's strides;
+            // B = dy columns p0.. (kg, cols); C = dcol, a separate buffer.
+            unsafe {
+                T::gemm(
+                    channels * kvol, kg, cols, T::one(),
+                    w_block.as_ptr(), 1, rows as isize,
+                    dy_block[p0..].as_ptr(), out_len as isize, 1,
+                    T::zero(), dcol.as_mut_ptr(), cols as isize, 1,
+                );
+            }
+            scatter_tile(dcol, geo, channels, p0, cols, dx_chans);
+        }
+    });
+}
+
+/// `dw (K, C/groups, *kernel) = sum over samples and positions of dy x im2col(x)^T`: per
+/// (group, channel block) task, accumulated over samples and tiles in a fixed order, so the
+/// sums do not depend on the thread count. `dw` must be zeroed.
+pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw: &mut [T]) {
+    let (cg, kg, kvol) = (geo.c_in_per_group(), geo.c_out_per_group(), geo.kernel_volume());
+    let rows = cg * kvol;
+    let (in_len, out_len) = (geo.input_len(), geo.output_len());
+    let (cb, blocks) = channel_blocks(cg);
+    let tile = tile_cols(cb * kvol, out_len);
+    let tiles = out_len.div_ceil(tile);
+    let pointwise = kvol == 1 && geo.stride == [1; 3] && !geo.has_padding();
+    let dw_ptr = SendPtr(dw.as_mut_ptr());
+    (0..geo.groups * blocks).into_par_iter().for_each_init(Vec::new, |col: &mut Vec<T>, item| {
+        let (g, b) = (item / blocks, item % blocks);
+        let (c0, c1) = (b * cb, ((b + 1) * cb).min(cg));
+        let channels = c1 - c0;
+        // SAFETY: task (g, b) writes columns c0*kvol .. c1*kvol of rows g*kg .. (g+1)*kg of the
+        // (K, rows) matrix `dw`: disjoint between tasks, inside the buffer.
+        let c = unsafe { dw_ptr.get().add(g * kg * rows + c0 * kvol) };
+        for n in 0..geo.n {
+            let x_chans = &x[(n * geo.c_in + g * cg + c0) * in_len..][..channels * in_len];
+            let dy_block = &dy[(n * geo.c_out + g * kg) * out_len..][..kg * out_len];
+            for t in 0..tiles {
+                let p0 = t * tile;
+                let cols = tile.min(out_len - p0);
+                let (b_ptr, csb) = if pointwise {
+                    (x_chans[p0..].as_ptr(), in_len as isize)
+                } else {
+                    col.resize(channels * kvol * cols, T::zero());
+                    fill_tile(x_chans, geo, channels, p0, cols, col);
+                    (col.as_ptr(), cols as isize)
+                };
+                // SAFETY: A = dy (kg, cols); B = im2col^T (cols, channels*kvol) read through
+                // the tile's strides; C = this task's block of dw, disjoint from A and B.
+                unsafe {
+                    T::gemm(
+                        kg, cols, channels * kvol, T::one(),
+                        dy_block[p0..].as_ptr(), out_len as isize, 1,
+                        b_ptr, 1, csb,
+                        T::one(), c, rows as isize, 1,
+                    );
+                }
+            }
+        }
+    });
+}
+
+/// `db (K,)`: the sum of `dy (N, K, *output)` over samples and positions, per output channel.
+pub(crate) fn backward_bias<T: Real>(dy: &[T], geo: &ConvGeometry, db: &mut [T]) {
+    let out_len = geo.output_len();
+    db.par_iter_mut().enumerate().for_each(|(k, d)| {
+        *d = (0..geo.n).map(|n| dy[(n * geo.c_out + k) * out_len..][..out_len].iter().copied().sum::<T>()).sum();
+    });
 }

@@ -47,6 +47,102 @@ pub fn conv_forward<T: Real>(
     Ok(out)
 }
 
+/// Convolution backward: `(grad_input, grad_weight, grad_bias)` for `grad_output` of the
+/// forward's output shape `(N, K, *out)`. Shapes as `conv_forward`.
+pub fn conv_backward<T: Real>(
+    grad_output: ArrayViewD<'_, T>,
+    input: ArrayViewD<'_, T>,
+    weight: ArrayViewD<'_, T>,
+    params: &ConvParams,
+) -> Result<(ArrayD<T>, ArrayD<T>, ArrayD<T>)> {
+    let (grad_weight, grad_bias) = conv_backward_weight(grad_output.view(), input.view(), weight.shape(), params)?;
+    let grad_input = conv_backward_input(grad_output, input.shape(), weight, params)?;
+    Ok((grad_input, grad_weight, grad_bias))
+}
+
+/// Gradient of a convolution with respect to its input, `(N, C, *in)`.
+pub fn conv_backward_input<T: Real>(
+    grad_output: ArrayViewD<'_, T>,
+    input_shape: &[usize],
+    weight: ArrayViewD<'_, T>,
+    params: &ConvParams,
+) -> Result<ArrayD<T>> {
+    let geo = params.geometry(input_shape, weight.shape())?;
+    check_grad_output(grad_output.shape(), &geo)?;
+    let mut grad_input = zeros::<T>(input_shape, "grad_input")?;
+    if grad_input.is_empty() {
+        return Ok(grad_input);
+    }
+    let dy = standard(grad_output, "grad_output copy")?;
+    let w = standard(weight, "weight copy")?;
+    let (dy, w) = (dy.as_slice().expect("standard layout"), w.as_slice().expect("standard layout"));
+    let dx = grad_input.as_slice_mut().expect("fresh array");
+    parallel::install(|| -> Result<()> {
+        if params.padding_mode != PaddingMode::Zeros && geo.has_padding() {
+            let padded = geo.with_padding_applied();
+            let len = crate::element::checked_len::<T>(&padded.input_shape(), "padded grad_input")?;
+            let mut dxp = crate::element::zeros_vec::<T>(len, "padded grad_input")?;
+            im2col::backward_input(dy, w, &padded, &mut dxp);
+            pad::fold_padding(&dxp, &geo, params.padding_mode, dx);
+        } else {
+            im2col::backward_input(dy, w, &geo, dx);
+        }
+        Ok(())
+    })?;
+    Ok(grad_input)
+}
+
+/// Gradients of a convolution with respect to its weight `(K, C / groups, *kernel)` and bias
+/// `(K,)`.
+pub fn conv_backward_weight<T: Real>(
+    grad_output: ArrayViewD<'_, T>,
+    input: ArrayViewD<'_, T>,
+    weight_shape: &[usize],
+    params: &ConvParams,
+) -> Result<(ArrayD<T>, ArrayD<T>)> {
+    let geo = params.geometry(input.shape(), weight_shape)?;
+    check_grad_output(grad_output.shape(), &geo)?;
+    let mut grad_weight = zeros::<T>(weight_shape, "grad_weight")?;
+    let mut grad_bias = zeros::<T>(&[geo.c_out], "grad_bias")?;
+    if geo.n == 0 || grad_weight.is_empty() {
+        return Ok((grad_weight, grad_bias));
+    }
+    let dy = standard(grad_output, "grad_output copy")?;
+    let x = standard(input, "input copy")?;
+    let (dy, x) = (dy.as_slice().expect("standard layout"), x.as_slice().expect("standard layout"));
+    let dw = grad_weight.as_slice_mut().expect("fresh array");
+    let db = grad_bias.as_slice_mut().expect("fresh array");
+    parallel::install(|| -> Result<()> {
+        if params.padding_mode != PaddingMode::Zeros && geo.has_padding() {
+            let padded = pad::pad_input(x, &geo, params.padding_mode)?;
+            im2col::backward_weight(&padded, dy, &geo.with_padding_applied(), dw);
+        } else {
+            im2col::backward_weight(x, dy, &geo, dw);
+        }
+        im2col::backward_bias(dy, &geo, db);
+        Ok(())
+    })?;
+    Ok((grad_weight, grad_bias))
+}
+
+fn check_grad_output(shape: &[usize], geo: &ConvGeometry) -> Result<()> {
+    let expected = geo.output_shape();
+    if shape == expected.as_slice() {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "grad_output",
+            format!(
+                "grad_output must have the forward output's shape {} (input {}, weight {}), got {}",
+                shape_str(&expected),
+                shape_str(&geo.input_shape()),
+                shape_str(&geo.weight_shape()),
+                shape_str(shape)
+            ),
+        ))
+    }
+}
+
 fn check_bias(shape: &[usize], geo: &ConvGeometry) -> Result<()> {
     if shape == [geo.c_out] {
         Ok(())
@@ -146,6 +242,60 @@ mod tests {
         let got = conv_forward(x.view(), wt.view(), None, &params).unwrap();
         let want = &x * wt[[0, 0, 0, 0]];
         assert_eq!(got, want);
+    }
+
+    fn dot(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+        a.iter().zip(b.iter()).map(|(x, y)| x * y).sum()
+    }
+
+    /// A convolution is linear in its input and in its weight, so its backward passes are its
+    /// adjoints: <dy, conv(x, w)> = <conv_backward_input(dy), x> = <conv_backward_weight(dy), w>.
+    #[test]
+    fn backward_is_the_adjoint_of_forward() {
+        let modes = [PaddingMode::Zeros, PaddingMode::Reflect, PaddingMode::Replicate, PaddingMode::Circular];
+        let cases: [(&[usize], &[usize], usize, usize, usize, usize); 6] = [
+            // (input, weight, stride, padding, dilation, groups)
+            (&[2, 4, 7, 6], &[6, 2, 3, 3], 1, 1, 1, 2),
+            (&[1, 3, 9, 8], &[2, 3, 3, 2], 2, 2, 2, 1),
+            (&[2, 4, 5, 5], &[4, 1, 3, 3], 1, 1, 1, 4),
+            (&[3, 2, 11], &[3, 2, 4], 3, 1, 2, 1),
+            (&[1, 2, 4, 5, 5], &[3, 2, 2, 3, 3], 1, 1, 1, 1),
+            (&[2, 20, 6, 6], &[8, 20, 1, 1], 1, 0, 1, 1),
+        ];
+        for (i, &(xs, ws, s, p, d, g)) in cases.iter().enumerate() {
+            for mode in modes {
+                let dims = xs.len() - 2;
+                let params = ConvParams {
+                    stride: vec![s; dims],
+                    padding: Padding::Explicit(vec![p; dims]),
+                    dilation: vec![d; dims],
+                    groups: g,
+                    padding_mode: mode,
+                };
+                let x = filled(xs, 10 + i as u64);
+                let w = filled(ws, 20 + i as u64);
+                let y = conv_forward(x.view(), w.view(), None, &params).unwrap();
+                let dy = filled(y.shape(), 30 + i as u64);
+                let (dx, dw, db) = conv_backward(dy.view(), x.view(), w.view(), &params).unwrap();
+                let lhs = dot(&dy, &y);
+                assert!((lhs - dot(&dx, &x)).abs() < 1e-10 * (1.0 + lhs.abs()), "case {i} {mode}: input adjoint");
+                assert!((lhs - dot(&dw, &w)).abs() < 1e-10 * (1.0 + lhs.abs()), "case {i} {mode}: weight adjoint");
+                let k = ws[0];
+                for kk in 0..k {
+                    let want: f64 = dy.index_axis(ndarray::Axis(1), kk).sum();
+                    assert!((db[[kk]] - want).abs() < 1e-10);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grad_output_shape_is_checked() {
+        let x = filled(&[1, 2, 5, 5], 1);
+        let w = filled(&[3, 2, 3, 3], 2);
+        let dy = filled(&[1, 3, 4, 4], 3);
+        let err = conv_backward(dy.view(), x.view(), w.view(), &ConvParams::new(2)).unwrap_err();
+        assert_eq!(err.arg(), "grad_output");
     }
 
     #[test]

@@ -34,14 +34,7 @@ pub(crate) fn pad_input<T: Real>(input: &[T], geo: &ConvGeometry, mode: PaddingM
     let plane_out = padded.input_len();
     let len = crate::element::checked_len::<T>(&padded.input_shape(), "padded input")?;
     let mut out = zeros_vec::<T>(len, "padded input")?;
-    // Source index of every padded position, per dimension.
-    let maps: Vec<Vec<usize>> = (0..MAX_DIMS)
-        .map(|d| {
-            (0..padded.input[d])
-                .map(|i| source_index(mode, i as isize - geo.pad_lo[d] as isize, geo.input[d]))
-                .collect()
-        })
-        .collect();
+    let maps = source_maps(geo, &padded, mode);
     let [_, h, w] = geo.input;
     if plane_out > 0 {
         out.par_chunks_mut(plane_out).zip(input.par_chunks(plane_in.max(1))).for_each(|(dst, src)| {
@@ -58,6 +51,42 @@ pub(crate) fn pad_input<T: Real>(input: &[T], geo: &ConvGeometry, mode: PaddingM
         });
     }
     Ok(out)
+}
+
+/// The adjoint of `pad_input`: adds the gradient of every padded position `dxp` (N, C, *padded)
+/// onto the input position it was copied from, giving `dx` (N, C, *in), which must be zeroed.
+/// Each plane is folded sequentially in a fixed order.
+pub(crate) fn fold_padding<T: Real>(dxp: &[T], geo: &ConvGeometry, mode: PaddingMode, dx: &mut [T]) {
+    let padded = geo.with_padding_applied();
+    let (plane_in, plane_out) = (geo.input_len(), padded.input_len());
+    let maps = source_maps(geo, &padded, mode);
+    let [_, h, w] = geo.input;
+    if plane_in == 0 {
+        return;
+    }
+    dx.par_chunks_mut(plane_in).zip(dxp.par_chunks(plane_out)).for_each(|(dst, src)| {
+        let mut o = 0;
+        for &z in &maps[0] {
+            for &y in &maps[1] {
+                let row = &mut dst[(z * h + y) * w..][..w];
+                for &x in &maps[2] {
+                    row[x] += src[o];
+                    o += 1;
+                }
+            }
+        }
+    });
+}
+
+/// For each dimension, the source index of every padded position.
+fn source_maps(geo: &ConvGeometry, padded: &ConvGeometry, mode: PaddingMode) -> Vec<Vec<usize>> {
+    (0..MAX_DIMS)
+        .map(|d| {
+            (0..padded.input[d])
+                .map(|i| source_index(mode, i as isize - geo.pad_lo[d] as isize, geo.input[d]))
+                .collect()
+        })
+        .collect()
 }
 
 #[cfg(test)]

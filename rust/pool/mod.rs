@@ -5,7 +5,7 @@
 //! once per call; the kernels then only walk those lists.
 
 use crate::element::{standard, zeros, Real};
-use crate::error::Result;
+use crate::error::{shape_str, Error, Result};
 use crate::params::{adaptive_geometry, adaptive_window, PoolGeometry, PoolParams, MAX_DIMS};
 use crate::parallel;
 use ndarray::{ArrayD, ArrayViewD};
@@ -104,6 +104,25 @@ pub fn max_pool_forward<T: Real>(input: ArrayViewD<'_, T>, params: &PoolParams) 
     Ok((out, idx))
 }
 
+/// Calls `f(output position, z taps, y taps, x taps, divisor)` for every output position of a
+/// plane, in order. The divisor counts the padding when `count_include_pad`.
+fn each_window(win: &Windows, count_include_pad: bool, mut f: impl FnMut(usize, &[usize], &[usize], &[usize], usize)) {
+    let mut o = 0;
+    for (zi, zs) in win.taps[0].iter().enumerate() {
+        for (yi, ys) in win.taps[1].iter().enumerate() {
+            for (xi, xs) in win.taps[2].iter().enumerate() {
+                let count = if count_include_pad {
+                    win.padded_len[0][zi] * win.padded_len[1][yi] * win.padded_len[2][xi]
+                } else {
+                    zs.len() * ys.len() * xs.len()
+                };
+                f(o, zs, ys, xs, count);
+                o += 1;
+            }
+        }
+    }
+}
+
 fn first_tap(zs: &[usize], ys: &[usize], xs: &[usize], h: usize, w: usize) -> usize {
     let first = |t: &[usize]| t.first().copied().unwrap_or(0);
     (first(zs) * h + first(ys)) * w + first(xs)
@@ -147,32 +166,126 @@ fn mean_pool<T: Real>(
     let dst = out.as_slice_mut().expect("fresh array");
     parallel::install(|| {
         dst.par_chunks_mut(out_len).zip(x.par_chunks(in_len)).for_each(|(o_plane, x_plane)| {
-            let mut o = 0;
-            for (zi, zs) in win.taps[0].iter().enumerate() {
-                for (yi, ys) in win.taps[1].iter().enumerate() {
-                    for (xi, xs) in win.taps[2].iter().enumerate() {
-                        let mut sum = T::zero();
-                        for &z in zs {
-                            for &y in ys {
-                                let row = &x_plane[(z * h + y) * w..][..w];
-                                for &xx in xs {
-                                    sum += row[xx];
-                                }
-                            }
+            each_window(&win, count_include_pad, |o, zs, ys, xs, count| {
+                let mut sum = T::zero();
+                for &z in zs {
+                    for &y in ys {
+                        let row = &x_plane[(z * h + y) * w..][..w];
+                        for &xx in xs {
+                            sum += row[xx];
                         }
-                        let count = if count_include_pad {
-                            win.padded_len[0][zi] * win.padded_len[1][yi] * win.padded_len[2][xi]
-                        } else {
-                            zs.len() * ys.len() * xs.len()
-                        };
-                        o_plane[o] = sum / T::from_usize(count).expect("window size fits a float");
-                        o += 1;
                     }
                 }
-            }
+                o_plane[o] = sum / T::from_usize(count).expect("window size fits a float");
+            });
         });
     });
     Ok(out)
+}
+
+/// Max pooling backward: `grad_input (N, C, *in)` receives each `grad_output` element at the
+/// position of its window's maximum (recomputed from `input` exactly as the forward picks it).
+pub fn max_pool_backward<T: Real>(grad_output: ArrayViewD<'_, T>, input: ArrayViewD<'_, T>, params: &PoolParams) -> Result<ArrayD<T>> {
+    let geo = params.geometry(input.shape())?;
+    check_grad_output(grad_output.shape(), &geo.output_shape(), &geo.input_shape())?;
+    let (_, idx) = max_pool_forward(input, params)?;
+    let mut grad_input = zeros::<T>(&geo.input_shape(), "grad_input")?;
+    if grad_input.is_empty() || idx.is_empty() {
+        return Ok(grad_input);
+    }
+    let dy = standard(grad_output, "grad_output copy")?;
+    let dy = dy.as_slice().expect("standard layout");
+    let idx = idx.as_slice().expect("fresh array");
+    let (in_len, out_len) = (geo.input_len(), geo.output_len());
+    let dx = grad_input.as_slice_mut().expect("fresh array");
+    parallel::install(|| {
+        dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len).zip(idx.par_chunks(out_len))).for_each(|(dx_plane, (g, at))| {
+            for (&v, &i) in g.iter().zip(at) {
+                dx_plane[i as usize] += v;
+            }
+        });
+    });
+    Ok(grad_input)
+}
+
+/// Average pooling backward: each `grad_output` element is spread evenly (by the forward's
+/// divisor) over its window's input positions. Shapes as `avg_pool_forward`.
+pub fn avg_pool_backward<T: Real>(
+    grad_output: ArrayViewD<'_, T>,
+    input: ArrayViewD<'_, T>,
+    params: &PoolParams,
+    count_include_pad: bool,
+) -> Result<ArrayD<T>> {
+    let geo = params.geometry(input.shape())?;
+    mean_pool_backward(grad_output, &geo, Windows::strided, count_include_pad)
+}
+
+/// Adaptive average pooling backward; the output size is `grad_output`'s spatial shape.
+pub fn adaptive_avg_pool_backward<T: Real>(grad_output: ArrayViewD<'_, T>, input: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
+    let (g, x) = (grad_output.shape(), input.shape());
+    if g.len() != x.len() || g.len() < 3 || g[..2] != x[..2] {
+        return Err(Error::invalid(
+            "grad_output",
+            format!("grad_output of shape {} does not match input of shape {}: expected (N, C, *output_size)", shape_str(g), shape_str(x)),
+        ));
+    }
+    let size: Vec<Option<usize>> = g[2..].iter().map(|&o| Some(o)).collect();
+    if size.contains(&Some(0)) {
+        return Err(Error::invalid("grad_output", format!("grad_output of shape {} has an empty spatial dimension", shape_str(g))));
+    }
+    let geo = adaptive_geometry(x, &size)?;
+    mean_pool_backward(grad_output, &geo, Windows::adaptive, false)
+}
+
+fn mean_pool_backward<T: Real>(
+    grad_output: ArrayViewD<'_, T>,
+    geo: &PoolGeometry,
+    windows: fn(&PoolGeometry) -> Windows,
+    count_include_pad: bool,
+) -> Result<ArrayD<T>> {
+    check_grad_output(grad_output.shape(), &geo.output_shape(), &geo.input_shape())?;
+    let mut grad_input = zeros::<T>(&geo.input_shape(), "grad_input")?;
+    if grad_input.is_empty() {
+        return Ok(grad_input);
+    }
+    let win = windows(geo);
+    let dy = standard(grad_output, "grad_output copy")?;
+    let dy = dy.as_slice().expect("standard layout");
+    let (in_len, out_len) = (geo.input_len(), geo.output_len());
+    let [_, h, w] = geo.input;
+    let dx = grad_input.as_slice_mut().expect("fresh array");
+    parallel::install(|| {
+        dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len)).for_each(|(dx_plane, g)| {
+            each_window(&win, count_include_pad, |o, zs, ys, xs, count| {
+                let share = g[o] / T::from_usize(count).expect("window size fits a float");
+                for &z in zs {
+                    for &y in ys {
+                        let row = &mut dx_plane[(z * h + y) * w..][..w];
+                        for &xx in xs {
+                            row[xx] += share;
+                        }
+                    }
+                }
+            });
+        });
+    });
+    Ok(grad_input)
+}
+
+fn check_grad_output(shape: &[usize], expected: &[usize], input: &[usize]) -> Result<()> {
+    if shape == expected {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "grad_output",
+            format!(
+                "grad_output must have the forward output's shape {} for input {}, got {}",
+                shape_str(expected),
+                shape_str(input),
+                shape_str(shape)
+            ),
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 
 use super::args::{dispatch, expect_kind, ints, kind_of, padding, readonly, compute, PyReal};
 use super::{add_batch, drop_batch};
-use crate::conv::conv_forward;
+use crate::conv::{conv_backward, conv_forward};
 use crate::params::{ConvParams, PaddingMode};
 use numpy::IntoPyArray;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 #[allow(clippy::too_many_arguments)]
 fn conv_params(
@@ -95,9 +96,78 @@ conv_fn!(conv1d, 1, "(input, weight, bias=None, stride=1, padding=0, dilation=1,
 conv_fn!(conv2d, 2, "(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode='zeros')");
 conv_fn!(conv3d, 3, "(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, padding_mode='zeros')");
 
+fn conv_backward_typed<'py, T: PyReal>(
+    py: Python<'py>,
+    dims: usize,
+    grad_output: &Bound<'py, PyAny>,
+    input: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    params: &ConvParams,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let g = readonly::<T>(grad_output, "grad_output")?;
+    let x = readonly::<T>(input, "input")?;
+    let w = readonly::<T>(weight, "weight")?;
+    let (x, unbatched) = add_batch(x.as_array(), dims);
+    let g = if unbatched { add_batch(g.as_array(), dims).0 } else { g.as_array() };
+    let w = w.as_array();
+    let (dx, dw, db) = compute(py, || conv_backward(g, x, w, params))?;
+    let dx = drop_batch(dx, unbatched).into_pyarray(py).into_any();
+    PyTuple::new(py, [dx, dw.into_pyarray(py).into_any(), db.into_pyarray(py).into_any()])
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_backward_nd<'py>(
+    py: Python<'py>,
+    dims: usize,
+    grad_output: &Bound<'py, PyAny>,
+    input: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+    stride: Option<&Bound<'py, PyAny>>,
+    pad: Option<&Bound<'py, PyAny>>,
+    dilation: Option<&Bound<'py, PyAny>>,
+    groups: i64,
+    padding_mode: &str,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let kind = kind_of(input, "input")?;
+    expect_kind(grad_output, "grad_output", kind, "input")?;
+    expect_kind(weight, "weight", kind, "input")?;
+    let params = conv_params(dims, stride, pad, dilation, groups, padding_mode)?;
+    dispatch!(kind, conv_backward_typed(py, dims, grad_output, input, weight, &params))
+}
+
+macro_rules! conv_backward_fn {
+    ($name:ident, $dims:literal) => {
+        /// Gradients of a convolution: `(grad_input, grad_weight, grad_bias)`; see `rconv.functional`.
+        #[pyfunction]
+        #[pyo3(signature = (grad_output, input, weight, stride=None, padding=None, dilation=None, groups=1, padding_mode="zeros"),
+               text_signature = "(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, padding_mode='zeros')")]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $name<'py>(
+            py: Python<'py>,
+            grad_output: &Bound<'py, PyAny>,
+            input: &Bound<'py, PyAny>,
+            weight: &Bound<'py, PyAny>,
+            stride: Option<&Bound<'py, PyAny>>,
+            padding: Option<&Bound<'py, PyAny>>,
+            dilation: Option<&Bound<'py, PyAny>>,
+            groups: i64,
+            padding_mode: &str,
+        ) -> PyResult<Bound<'py, PyTuple>> {
+            conv_backward_nd(py, $dims, grad_output, input, weight, stride, padding, dilation, groups, padding_mode)
+        }
+    };
+}
+
+conv_backward_fn!(conv1d_backward, 1);
+conv_backward_fn!(conv2d_backward, 2);
+conv_backward_fn!(conv3d_backward, 3);
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(conv1d, m)?)?;
     m.add_function(wrap_pyfunction!(conv2d, m)?)?;
     m.add_function(wrap_pyfunction!(conv3d, m)?)?;
+    m.add_function(wrap_pyfunction!(conv1d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(conv2d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(conv3d_backward, m)?)?;
     Ok(())
 }

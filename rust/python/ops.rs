@@ -2,11 +2,12 @@
 
 use super::args::{compute, dispatch, expect_kind, kind_of, readonly, PyReal};
 use crate::act;
-use crate::linear::linear_forward;
+use crate::linear::{linear_backward, linear_forward};
 use crate::parallel;
 use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods, PyArrayDescrMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
+use pyo3::types::PyTuple;
 
 fn relu_typed<'py, T: PyReal>(py: Python<'py>, input: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let x = readonly::<T>(input, "input")?;
@@ -115,6 +116,64 @@ pub(crate) fn linear<'py>(
     dispatch!(kind, linear_typed(py, input, weight, bias))
 }
 
+fn relu_backward_typed<'py, T: PyReal>(py: Python<'py>, grad_output: &Bound<'py, PyAny>, input: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let g = readonly::<T>(grad_output, "grad_output")?;
+    let x = readonly::<T>(input, "input")?;
+    let (g, x) = (g.as_array(), x.as_array());
+    Ok(compute(py, || act::relu_backward(g, x))?.into_pyarray(py).into_any())
+}
+
+/// Gradient of ReLU: `grad_output` where `input > 0`, else 0.
+#[pyfunction]
+pub(crate) fn relu_backward<'py>(py: Python<'py>, grad_output: &Bound<'py, PyAny>, input: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let kind = kind_of(input, "input")?;
+    expect_kind(grad_output, "grad_output", kind, "input")?;
+    dispatch!(kind, relu_backward_typed(py, grad_output, input))
+}
+
+fn linear_backward_typed<'py, T: PyReal>(
+    py: Python<'py>,
+    grad_output: &Bound<'py, PyAny>,
+    input: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let g = readonly::<T>(grad_output, "grad_output")?;
+    let x = readonly::<T>(input, "input")?;
+    let w = readonly::<T>(weight, "weight")?;
+    let (g, x, w) = (g.as_array(), x.as_array(), w.as_array());
+    let (dx, dw, db) = compute(py, || linear_backward(g, x, w))?;
+    PyTuple::new(py, [dx.into_pyarray(py).into_any(), dw.into_pyarray(py).into_any(), db.into_pyarray(py).into_any()])
+}
+
+/// Gradients of `linear`: `(grad_input, grad_weight, grad_bias)`.
+#[pyfunction(name = "linear_backward")]
+pub(crate) fn linear_backward_py<'py>(
+    py: Python<'py>,
+    grad_output: &Bound<'py, PyAny>,
+    input: &Bound<'py, PyAny>,
+    weight: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let kind = kind_of(input, "input")?;
+    expect_kind(grad_output, "grad_output", kind, "input")?;
+    expect_kind(weight, "weight", kind, "input")?;
+    dispatch!(kind, linear_backward_typed(py, grad_output, input, weight))
+}
+
+fn cross_entropy_backward_typed<'py, T: PyReal>(py: Python<'py>, logits: &Bound<'py, PyAny>, target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let x = readonly::<T>(logits, "logits")?;
+    let t = class_indices(target)?;
+    let t = t.try_readonly().map_err(|e| PyValueError::new_err(format!("target cannot be read: {e}")))?;
+    let (x, t) = (x.as_array(), t.as_array());
+    let t = t.into_dimensionality::<ndarray::Ix1>().expect("checked to be 1-D");
+    Ok(compute(py, || act::cross_entropy_backward(x, t))?.into_pyarray(py).into_any())
+}
+
+/// Gradient of the mean cross-entropy with respect to `logits`.
+#[pyfunction]
+pub(crate) fn cross_entropy_backward<'py>(py: Python<'py>, logits: &Bound<'py, PyAny>, target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    dispatch!(kind_of(logits, "logits")?, cross_entropy_backward_typed(py, logits, target))
+}
+
 /// Sets the number of threads rconv computes with (at least 1).
 #[pyfunction]
 pub(crate) fn set_num_threads(n: i64) -> PyResult<()> {
@@ -136,6 +195,9 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(log_softmax, m)?)?;
     m.add_function(wrap_pyfunction!(cross_entropy, m)?)?;
     m.add_function(wrap_pyfunction!(linear, m)?)?;
+    m.add_function(wrap_pyfunction!(relu_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(linear_backward_py, m)?)?;
+    m.add_function(wrap_pyfunction!(cross_entropy_backward, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     Ok(())

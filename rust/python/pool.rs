@@ -1,9 +1,12 @@
 //! Bindings of the max, average and adaptive average pools.
 
-use super::args::{compute, dispatch, ints, kind_of, output_size, readonly, PyReal};
+use super::args::{compute, dispatch, expect_kind, ints, kind_of, output_size, readonly, PyReal};
 use super::{add_batch, drop_batch};
 use crate::params::PoolParams;
-use crate::pool::{adaptive_avg_pool_forward, avg_pool_forward, max_pool_forward};
+use crate::pool::{
+    adaptive_avg_pool_backward, adaptive_avg_pool_forward, avg_pool_backward, avg_pool_forward, max_pool_backward,
+    max_pool_forward,
+};
 use numpy::IntoPyArray;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -71,6 +74,102 @@ fn adaptive_typed<'py, T: PyReal>(
     let out = compute(py, || adaptive_avg_pool_forward(x, size))?;
     Ok(drop_batch(out, unbatched).into_pyarray(py).into_any())
 }
+
+/// Which pool a backward call differentiates.
+#[derive(Clone, Copy)]
+enum Backward<'a> {
+    Max(&'a PoolParams),
+    Avg(&'a PoolParams, bool),
+    Adaptive,
+}
+
+fn backward_typed<'py, T: PyReal>(
+    py: Python<'py>,
+    dims: usize,
+    grad_output: &Bound<'py, PyAny>,
+    input: &Bound<'py, PyAny>,
+    which: Backward<'_>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let g = readonly::<T>(grad_output, "grad_output")?;
+    let x = readonly::<T>(input, "input")?;
+    let (x, unbatched) = add_batch(x.as_array(), dims);
+    let g = if unbatched { add_batch(g.as_array(), dims).0 } else { g.as_array() };
+    let dx = compute(py, || match which {
+        Backward::Max(p) => max_pool_backward(g, x, p),
+        Backward::Avg(p, count_include_pad) => avg_pool_backward(g, x, p, count_include_pad),
+        Backward::Adaptive => adaptive_avg_pool_backward(g, x),
+    })?;
+    Ok(drop_batch(dx, unbatched).into_pyarray(py).into_any())
+}
+
+fn backward_nd<'py>(
+    py: Python<'py>,
+    dims: usize,
+    grad_output: &Bound<'py, PyAny>,
+    input: &Bound<'py, PyAny>,
+    which: Backward<'_>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kind = kind_of(input, "input")?;
+    expect_kind(grad_output, "grad_output", kind, "input")?;
+    dispatch!(kind, backward_typed(py, dims, grad_output, input, which))
+}
+
+macro_rules! pool_backward_fns {
+    ($max:ident, $avg:ident, $adaptive:ident, $dims:literal) => {
+        /// Gradient of max pooling with respect to its input; see `rconv.functional`.
+        #[pyfunction]
+        #[pyo3(signature = (grad_output, input, kernel_size, stride=None, padding=None, dilation=None, ceil_mode=false),
+               text_signature = "(grad_output, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False)")]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $max<'py>(
+            py: Python<'py>,
+            grad_output: &Bound<'py, PyAny>,
+            input: &Bound<'py, PyAny>,
+            kernel_size: &Bound<'py, PyAny>,
+            stride: Option<&Bound<'py, PyAny>>,
+            padding: Option<&Bound<'py, PyAny>>,
+            dilation: Option<&Bound<'py, PyAny>>,
+            ceil_mode: bool,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let params = pool_params($dims, kernel_size, stride, padding, dilation, ceil_mode)?;
+            backward_nd(py, $dims, grad_output, input, Backward::Max(&params))
+        }
+
+        /// Gradient of average pooling with respect to its input; see `rconv.functional`.
+        #[pyfunction]
+        #[pyo3(signature = (grad_output, input, kernel_size, stride=None, padding=None, ceil_mode=false, count_include_pad=true),
+               text_signature = "(grad_output, input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)")]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $avg<'py>(
+            py: Python<'py>,
+            grad_output: &Bound<'py, PyAny>,
+            input: &Bound<'py, PyAny>,
+            kernel_size: &Bound<'py, PyAny>,
+            stride: Option<&Bound<'py, PyAny>>,
+            padding: Option<&Bound<'py, PyAny>>,
+            ceil_mode: bool,
+            count_include_pad: bool,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let params = pool_params($dims, kernel_size, stride, padding, None, ceil_mode)?;
+            backward_nd(py, $dims, grad_output, input, Backward::Avg(&params, count_include_pad))
+        }
+
+        /// Gradient of adaptive average pooling with respect to its input; see `rconv.functional`.
+        #[pyfunction]
+        #[pyo3(signature = (grad_output, input))]
+        pub(crate) fn $adaptive<'py>(
+            py: Python<'py>,
+            grad_output: &Bound<'py, PyAny>,
+            input: &Bound<'py, PyAny>,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            backward_nd(py, $dims, grad_output, input, Backward::Adaptive)
+        }
+    };
+}
+
+pool_backward_fns!(max_pool1d_backward, avg_pool1d_backward, adaptive_avg_pool1d_backward, 1);
+pool_backward_fns!(max_pool2d_backward, avg_pool2d_backward, adaptive_avg_pool2d_backward, 2);
+pool_backward_fns!(max_pool3d_backward, avg_pool3d_backward, adaptive_avg_pool3d_backward, 3);
 
 macro_rules! pool_fns {
     ($max:ident, $avg:ident, $adaptive:ident, $dims:literal) => {
@@ -141,5 +240,14 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(adaptive_avg_pool1d, m)?)?;
     m.add_function(wrap_pyfunction!(adaptive_avg_pool2d, m)?)?;
     m.add_function(wrap_pyfunction!(adaptive_avg_pool3d, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool1d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool2d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(max_pool3d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(avg_pool1d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(avg_pool2d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(avg_pool3d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(adaptive_avg_pool1d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(adaptive_avg_pool2d_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(adaptive_avg_pool3d_backward, m)?)?;
     Ok(())
 }
