@@ -456,3 +456,26 @@ def test_conv_medium_odd_sizes(dtype, x_shape, w_shape, kwargs):
     b = rng.standard_normal(w_shape[0]).astype(dtype)
     nd = len(x_shape) - 2
     assert_close(conv_fn(nd)(x, w, b, **kwargs), ref.conv(x, w, b, **kwargs), dtype)
+
+
+def test_conv_unusual_memory_layouts():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 6, 6))
+    w = rng.standard_normal((4, 3, 3, 3))
+    # zero strides (a broadcast, read-only view) are valid strides
+    xb = np.broadcast_to(x[:1, :, :1], (2, 3, 6, 6))
+    assert_close(rconv.conv2d(xb, w, padding=1), ref.conv(np.ascontiguousarray(xb), w, padding=1), np.float64)
+    # an unaligned float64 buffer: computed right
+    buf = np.zeros(x.size * 8 + 1, np.uint8)
+    xu = np.ndarray(x.shape, np.float64, buffer=buf, offset=1)
+    xu[...] = x
+    assert not xu.flags.aligned
+    assert_close(rconv.conv2d(xu, w), ref.conv(x, w), np.float64)
+    # non-native byte order: either refused as a dtype error or computed right, never misread
+    xs = x.astype(x.dtype.newbyteorder())
+    try:
+        got = rconv.conv2d(xs, w)
+    except TypeError as e:
+        assert "input" in str(e)
+    else:
+        assert_close(got.astype(np.float64), ref.conv(x, w), np.float64)
