@@ -1,8 +1,41 @@
 //! Convolution in 1, 2 and 3 spatial dimensions: one public entry point per direction, with the
-//! kernel strategy chosen inside.
+//! kernel strategy chosen inside (`Strategy::choose`).
 
 mod im2col;
 pub(crate) mod pad;
+
+/// How a convolution is computed. Every strategy computes the same function; `choose` picks
+/// the fastest one that applies, from the geometry alone (never from the thread count).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// GEMM over im2col tiles; serves every geometry.
+    Im2col,
+}
+
+impl Strategy {
+    /// The strategy for a zero-padded convolution of geometry `geo`.
+    pub fn choose(_geo: &ConvGeometry) -> Strategy {
+        Strategy::Im2col
+    }
+
+    fn forward<T: Real>(self, x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeometry, out: &mut [T]) {
+        match self {
+            Strategy::Im2col => im2col::forward(x, w, bias, geo, out),
+        }
+    }
+
+    fn backward_input<T: Real>(self, dy: &[T], w: &[T], geo: &ConvGeometry, dx: &mut [T]) {
+        match self {
+            Strategy::Im2col => im2col::backward_input(dy, w, geo, dx),
+        }
+    }
+
+    fn backward_weight<T: Real>(self, x: &[T], dy: &[T], geo: &ConvGeometry, dw: &mut [T]) {
+        match self {
+            Strategy::Im2col => im2col::backward_weight(x, dy, geo, dw),
+        }
+    }
+}
 
 use crate::element::{standard, zeros, Real};
 use crate::error::{shape_str, Error, Result};
@@ -38,9 +71,10 @@ pub fn conv_forward<T: Real>(
     parallel::install(|| -> Result<()> {
         if params.padding_mode != PaddingMode::Zeros && geo.has_padding() {
             let padded = pad::pad_input(x, &geo, params.padding_mode)?;
-            im2col::forward(&padded, w, bias.as_deref(), &geo.with_padding_applied(), dst);
+            let geo = geo.with_padding_applied();
+            Strategy::choose(&geo).forward(&padded, w, bias.as_deref(), &geo, dst);
         } else {
-            im2col::forward(x, w, bias.as_deref(), &geo, dst);
+            Strategy::choose(&geo).forward(x, w, bias.as_deref(), &geo, dst);
         }
         Ok(())
     })?;
@@ -82,10 +116,10 @@ pub fn conv_backward_input<T: Real>(
             let padded = geo.with_padding_applied();
             let len = crate::element::checked_len::<T>(&padded.input_shape(), "padded grad_input")?;
             let mut dxp = crate::element::zeros_vec::<T>(len, "padded grad_input")?;
-            im2col::backward_input(dy, w, &padded, &mut dxp);
+            Strategy::choose(&padded).backward_input(dy, w, &padded, &mut dxp);
             pad::fold_padding(&dxp, &geo, params.padding_mode, dx);
         } else {
-            im2col::backward_input(dy, w, &geo, dx);
+            Strategy::choose(&geo).backward_input(dy, w, &geo, dx);
         }
         Ok(())
     })?;
@@ -115,9 +149,10 @@ pub fn conv_backward_weight<T: Real>(
     parallel::install(|| -> Result<()> {
         if params.padding_mode != PaddingMode::Zeros && geo.has_padding() {
             let padded = pad::pad_input(x, &geo, params.padding_mode)?;
-            im2col::backward_weight(&padded, dy, &geo.with_padding_applied(), dw);
+            let geo = geo.with_padding_applied();
+            Strategy::choose(&geo).backward_weight(&padded, dy, &geo, dw);
         } else {
-            im2col::backward_weight(x, dy, &geo, dw);
+            Strategy::choose(&geo).backward_weight(x, dy, &geo, dw);
         }
         im2col::backward_bias(dy, &geo, db);
         Ok(())
