@@ -4,7 +4,6 @@ use crate::element::{standard, zeros, zeros_vec, Real};
 use crate::error::{shape_str, Error, Result};
 use crate::parallel;
 use ndarray::{ArrayD, ArrayView1, ArrayViewD, Axis};
-use rayon::prelude::*;
 
 /// Elements per parallel task of element-wise operations (large enough to amortise the split).
 const ELEMWISE_CHUNK: usize = 1 << 15;
@@ -15,12 +14,11 @@ pub fn relu<T: Real>(input: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
     let mut out = zeros::<T>(x.shape(), "output")?;
     let src = x.as_slice().expect("standard layout");
     let dst = out.as_slice_mut().expect("fresh array");
-    parallel::install(|| {
-        dst.par_chunks_mut(ELEMWISE_CHUNK).zip(src.par_chunks(ELEMWISE_CHUNK)).for_each(|(d, s)| {
-            for (o, &v) in d.iter_mut().zip(s) {
-                *o = if v > T::zero() || v.is_nan() { v } else { T::zero() };
-            }
-        });
+    let len = dst.len();
+    parallel::for_each_chunk(dst, ELEMWISE_CHUNK, len, |i, d| {
+        for (o, &v) in d.iter_mut().zip(&src[i * ELEMWISE_CHUNK..]) {
+            *o = if v > T::zero() || v.is_nan() { v } else { T::zero() };
+        }
     });
     Ok(out)
 }
@@ -41,14 +39,12 @@ pub fn relu_backward<T: Real>(grad_output: ArrayViewD<'_, T>, input: ArrayViewD<
     let mut out = zeros::<T>(x.shape(), "grad_input")?;
     let (g, x) = (g.as_slice().expect("standard layout"), x.as_slice().expect("standard layout"));
     let dst = out.as_slice_mut().expect("fresh array");
-    parallel::install(|| {
-        dst.par_chunks_mut(ELEMWISE_CHUNK)
-            .zip(g.par_chunks(ELEMWISE_CHUNK).zip(x.par_chunks(ELEMWISE_CHUNK)))
-            .for_each(|(d, (g, x))| {
-                for ((o, &gv), &xv) in d.iter_mut().zip(g).zip(x) {
-                    *o = if xv > T::zero() { gv } else { T::zero() };
-                }
-            });
+    let len = dst.len();
+    parallel::for_each_chunk(dst, ELEMWISE_CHUNK, len, |i, d| {
+        let (g, x) = (&g[i * ELEMWISE_CHUNK..], &x[i * ELEMWISE_CHUNK..]);
+        for ((o, &gv), &xv) in d.iter_mut().zip(g).zip(x) {
+            *o = if xv > T::zero() { gv } else { T::zero() };
+        }
     });
     Ok(out)
 }
@@ -86,8 +82,10 @@ fn normalize_along<T: Real>(input: ArrayViewD<'_, T>, axis: isize, log: bool) ->
     }
     let src = x.as_slice().expect("standard layout");
     let dst = out.as_slice_mut().expect("fresh array");
-    parallel::install(|| {
-        dst.par_chunks_mut(block).zip(src.par_chunks(block)).for_each(|(d, s)| {
+    let work = dst.len() * 8;
+    parallel::for_each_chunk(dst, block, work, |b, d| {
+        let s = &src[b * block..][..block];
+        {
             for i in 0..inner {
                 // Column i of the (len, inner) block: elements i, i + inner, ...
                 let at = |j: usize| s[j * inner + i];
@@ -104,7 +102,7 @@ fn normalize_along<T: Real>(input: ArrayViewD<'_, T>, axis: isize, log: bool) ->
                     }
                 }
             }
-        });
+        }
     });
     Ok(out)
 }
@@ -145,14 +143,13 @@ pub fn cross_entropy<T: Real>(logits: ArrayViewD<'_, T>, target: ArrayView1<'_, 
     check_cross_entropy(logits.shape(), &target)?;
     let n = logits.shape()[0];
     let mut losses = zeros_vec::<f64>(n, "losses")?;
-    parallel::install(|| {
-        losses.par_iter_mut().enumerate().for_each(|(i, loss)| {
-            let row = logits.index_axis(Axis(0), i);
-            let m = row.iter().fold(T::neg_infinity(), |m, &v| if v > m { v } else { m });
-            let sum: T = row.iter().map(|&v| (v - m).exp()).sum();
-            let lse = m + sum.ln();
-            *loss = (lse - row[target[i] as usize]).to_f64().unwrap_or(f64::NAN);
-        });
+    let work = logits.len() * 8;
+    parallel::for_each_chunk(&mut losses, 1, work, |i, loss| {
+        let row = logits.index_axis(Axis(0), i);
+        let m = row.iter().fold(T::neg_infinity(), |m, &v| if v > m { v } else { m });
+        let sum: T = row.iter().map(|&v| (v - m).exp()).sum();
+        let lse = m + sum.ln();
+        loss[0] = (lse - row[target[i] as usize]).to_f64().unwrap_or(f64::NAN);
     });
     let total: f64 = losses.iter().sum();
     Ok(T::from_f64(total / n as f64).expect("float conversion"))
@@ -167,13 +164,12 @@ pub fn cross_entropy_backward<T: Real>(logits: ArrayViewD<'_, T>, target: ArrayV
     let (n, c) = (grad.shape()[0], grad.shape()[1]);
     let scale = T::one() / T::from_usize(n).expect("batch size fits a float");
     let dst = grad.as_slice_mut().expect("fresh array");
-    parallel::install(|| {
-        dst.par_chunks_mut(c).zip(target.par_iter()).for_each(|(row, &t)| {
-            row[t as usize] -= T::one();
-            for v in row.iter_mut() {
-                *v *= scale;
-            }
-        });
+    let work = dst.len();
+    parallel::for_each_chunk(dst, c, work, |i, row| {
+        row[target[i] as usize] -= T::one();
+        for v in row.iter_mut() {
+            *v *= scale;
+        }
     });
     Ok(grad)
 }

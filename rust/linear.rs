@@ -4,7 +4,6 @@ use crate::element::{standard, zeros, Real, SendPtr};
 use crate::error::{shape_str, Error, Result};
 use crate::parallel;
 use ndarray::{ArrayD, ArrayViewD};
-use rayon::prelude::*;
 
 /// Rows of the output per parallel task.
 const ROW_BLOCK: usize = 64;
@@ -58,8 +57,8 @@ pub fn linear_forward<T: Real>(
     let (x, w) = (x.as_slice().expect("standard"), w.as_slice().expect("standard"));
     let out_ptr = SendPtr(out.as_mut_ptr());
     let (row_blocks, col_blocks) = (rows.div_ceil(ROW_BLOCK), out_f.div_ceil(COL_BLOCK));
-    parallel::install(|| {
-        (0..row_blocks * col_blocks).into_par_iter().for_each(|item| {
+    {
+        parallel::for_each(row_blocks * col_blocks, rows * in_f * out_f, |item| {
             let (r0, c0) = ((item / col_blocks) * ROW_BLOCK, (item % col_blocks) * COL_BLOCK);
             let (m, n) = (ROW_BLOCK.min(rows - r0), COL_BLOCK.min(out_f - c0));
             // SAFETY: task (r, c) writes rows r0..r0+m, columns c0..c0+n of the (rows, out_f)
@@ -86,7 +85,7 @@ pub fn linear_forward<T: Real>(
                 );
             }
         });
-    });
+    }
     Ok(out)
 }
 
@@ -134,10 +133,11 @@ pub fn linear_backward<T: Real>(
     let (dy, x, w) = (dy.as_slice().expect("standard"), x.as_slice().expect("standard"), w.as_slice().expect("standard"));
     let (dx_ptr, dw_ptr) = (SendPtr(grad_input.as_mut_ptr()), SendPtr(grad_weight.as_mut_ptr()));
     let db = grad_bias.as_slice_mut().expect("fresh array");
-    parallel::install(|| {
+    {
+        let work = rows * in_f * out_f;
         // grad_input (rows, in) = dy (rows, out) x W (out, in), in (row, column) blocks.
         let (rb, cb) = (rows.div_ceil(ROW_BLOCK), in_f.div_ceil(COL_BLOCK));
-        (0..rb * cb).into_par_iter().for_each(|item| {
+        parallel::for_each(rb * cb, work, |item| {
             let (r0, c0) = ((item / cb) * ROW_BLOCK, (item % cb) * COL_BLOCK);
             let (m, n) = (ROW_BLOCK.min(rows - r0), COL_BLOCK.min(in_f - c0));
             // SAFETY: this task's (m, n) block of grad_input, disjoint from the others; A and B
@@ -153,7 +153,7 @@ pub fn linear_backward<T: Real>(
         });
         // grad_weight (out, in) = dy^T (out, rows) x x (rows, in), in (out, in) blocks.
         let (ob, ib) = (out_f.div_ceil(ROW_BLOCK), in_f.div_ceil(COL_BLOCK));
-        (0..ob * ib).into_par_iter().for_each(|item| {
+        parallel::for_each(ob * ib, work, |item| {
             let (o0, i0) = ((item / ib) * ROW_BLOCK, (item % ib) * COL_BLOCK);
             let (m, n) = (ROW_BLOCK.min(out_f - o0), COL_BLOCK.min(in_f - i0));
             // SAFETY: this task's (m, n) block of grad_weight; dy^T is read through strides.
@@ -166,10 +166,10 @@ pub fn linear_backward<T: Real>(
                 );
             }
         });
-        db.par_iter_mut().enumerate().for_each(|(o, d)| {
-            *d = (0..rows).map(|r| dy[r * out_f + o]).sum();
+        parallel::for_each_chunk(db, 1, rows * out_f, |o, d| {
+            d[0] = (0..rows).map(|r| dy[r * out_f + o]).sum();
         });
-    });
+    }
     Ok((grad_input, grad_weight, grad_bias))
 }
 

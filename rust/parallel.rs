@@ -10,6 +10,7 @@
 //! not exist in the child, so there is nothing to join).
 
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -108,6 +109,51 @@ pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     pool().install(f)
 }
 
+/// Work (in element operations) below which a call runs on the calling thread: waking the pool
+/// costs ~15 us, more than the whole of such a call.
+pub const INLINE_WORK: usize = 1 << 16;
+
+/// Whether work of this size is worth handing to the pool.
+fn worth_parallel(items: usize, work: usize) -> bool {
+    items > 1 && work >= INLINE_WORK && get_num_threads() > 1
+}
+
+/// Calls `f(i)` for every `i < items`, in parallel on rconv's pool when the total `work` is
+/// worth it, else in order on the calling thread. Items must be independent; since each item
+/// computes the same either way, results never depend on the thread count.
+pub fn for_each<F: Fn(usize) + Sync + Send>(items: usize, work: usize, f: F) {
+    if worth_parallel(items, work) {
+        install(|| (0..items).into_par_iter().for_each(f));
+    } else {
+        (0..items).for_each(f);
+    }
+}
+
+/// As `for_each`, with a scratch value made by `init` for each worker (or once when inline).
+pub fn for_each_init<S, I, F>(items: usize, work: usize, init: I, f: F)
+where
+    I: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, usize) + Sync + Send,
+{
+    if worth_parallel(items, work) {
+        install(|| (0..items).into_par_iter().for_each_init(&init, &f));
+    } else {
+        let mut scratch = init();
+        (0..items).for_each(|i| f(&mut scratch, i));
+    }
+}
+
+/// Calls `f(i, chunk)` for the consecutive `chunk`-sized pieces of `out` (the last may be
+/// shorter), in parallel when the total `work` is worth it.
+pub fn for_each_chunk<T: Send, F: Fn(usize, &mut [T]) + Sync + Send>(out: &mut [T], chunk: usize, work: usize, f: F) {
+    let chunk = chunk.max(1);
+    if worth_parallel(out.len().div_ceil(chunk), work) {
+        install(|| out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)));
+    } else {
+        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
 fn in_rconv_pool() -> bool {
     std::thread::current().name().is_some_and(|n| n.starts_with("rconv-"))
 }
@@ -119,6 +165,21 @@ mod tests {
     #[test]
     fn zero_threads_is_an_error() {
         assert!(set_num_threads(0).is_err());
+    }
+
+    #[test]
+    fn helpers_visit_every_item_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for work in [0, INLINE_WORK * 4] {
+            let hits: Vec<AtomicUsize> = (0..1000).map(|_| AtomicUsize::new(0)).collect();
+            for_each(hits.len(), work, |i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            let mut out = vec![0usize; 1003];
+            for_each_chunk(&mut out, 10, work, |i, c| c.iter_mut().for_each(|v| *v += i + 1));
+            assert!(out.iter().enumerate().all(|(j, &v)| v == j / 10 + 1));
+        }
     }
 
     #[test]

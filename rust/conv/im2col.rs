@@ -10,7 +10,7 @@
 
 use crate::element::{Real, SendPtr};
 use crate::params::ConvGeometry;
-use rayon::prelude::*;
+use crate::parallel;
 
 /// Elements in one im2col tile: 64 Ki elements (256 KiB of f32) fits a core's L2 cache.
 const COL_TILE_ELEMS: usize = 1 << 16;
@@ -36,7 +36,8 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
     let pointwise = geo.kernel_volume() == 1 && geo.stride == [1; 3] && !geo.has_padding();
     let out_ptr = SendPtr(out.as_mut_ptr());
 
-    (0..geo.n * geo.groups * tiles).into_par_iter().for_each_init(Vec::new, |col: &mut Vec<T>, item| {
+    let work = geo.n * geo.c_out * out_len * rows;
+    parallel::for_each_init(geo.n * geo.groups * tiles, work, Vec::new, |col: &mut Vec<T>, item| {
         let (ng, t) = (item / tiles, item % tiles);
         let (n, g) = (ng / geo.groups, ng % geo.groups);
         let p0 = t * tile;
@@ -200,7 +201,8 @@ pub(crate) fn backward_input<T: Real>(dy: &[T], w: &[T], geo: &ConvGeometry, dx:
     let tile = tile_cols(cb * kvol, out_len);
     let tiles = out_len.div_ceil(tile);
     let dx_ptr = SendPtr(dx.as_mut_ptr());
-    (0..geo.n * geo.groups * blocks).into_par_iter().for_each_init(Vec::new, |dcol: &mut Vec<T>, item| {
+    let work = geo.n * geo.c_out * out_len * rows;
+    parallel::for_each_init(geo.n * geo.groups * blocks, work, Vec::new, |dcol: &mut Vec<T>, item| {
         let (ng, b) = (item / blocks, item % blocks);
         let (n, g) = (ng / geo.groups, ng % geo.groups);
         let (c0, c1) = (b * cb, ((b + 1) * cb).min(cg));
@@ -243,7 +245,8 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
     let tiles = out_len.div_ceil(tile);
     let pointwise = kvol == 1 && geo.stride == [1; 3] && !geo.has_padding();
     let dw_ptr = SendPtr(dw.as_mut_ptr());
-    (0..geo.groups * blocks).into_par_iter().for_each_init(Vec::new, |col: &mut Vec<T>, item| {
+    let work = geo.n * geo.c_out * out_len * rows;
+    parallel::for_each_init(geo.groups * blocks, work, Vec::new, |col: &mut Vec<T>, item| {
         let (g, b) = (item / blocks, item % blocks);
         let (c0, c1) = (b * cb, ((b + 1) * cb).min(cg));
         let channels = c1 - c0;
@@ -281,7 +284,7 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
 /// `db (K,)`: the sum of `dy (N, K, *output)` over samples and positions, per output channel.
 pub(crate) fn backward_bias<T: Real>(dy: &[T], geo: &ConvGeometry, db: &mut [T]) {
     let out_len = geo.output_len();
-    db.par_iter_mut().enumerate().for_each(|(k, d)| {
-        *d = (0..geo.n).map(|n| dy[(n * geo.c_out + k) * out_len..][..out_len].iter().copied().sum::<T>()).sum();
+    parallel::for_each_chunk(db, 1, dy.len(), |k, d| {
+        d[0] = (0..geo.n).map(|n| dy[(n * geo.c_out + k) * out_len..][..out_len].iter().copied().sum::<T>()).sum();
     });
 }
