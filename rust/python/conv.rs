@@ -1,7 +1,7 @@
 //! Bindings of `conv1d/2d/3d`.
 
 use super::args::{dispatch, expect_kind, ints, kind_of, padding, readonly, compute, PyReal};
-use super::{add_batch, drop_batch};
+use super::{add_batch, batch_grad, drop_batch};
 use crate::conv::{conv_backward, conv_forward};
 use crate::params::{ConvParams, PaddingMode};
 use numpy::IntoPyArray;
@@ -108,7 +108,7 @@ fn conv_backward_typed<'py, T: PyReal>(
     let x = readonly::<T>(input, "input")?;
     let w = readonly::<T>(weight, "weight")?;
     let (x, unbatched) = add_batch(x.as_array(), dims);
-    let g = if unbatched { add_batch(g.as_array(), dims).0 } else { g.as_array() };
+    let g = batch_grad(g.as_array(), dims, unbatched)?;
     let w = w.as_array();
     let (dx, dw, db) = compute(py, || conv_backward(g, x, w, params))?;
     let dx = drop_batch(dx, unbatched).into_pyarray(py).into_any();

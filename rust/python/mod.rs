@@ -20,6 +20,21 @@ fn add_batch<T>(x: ArrayViewD<'_, T>, dims: usize) -> (ArrayViewD<'_, T>, bool) 
     }
 }
 
+/// `grad_output` batched the same way as the input: unbatched exactly when the input is.
+fn batch_grad<'a, T>(g: ArrayViewD<'a, T>, dims: usize, unbatched: bool) -> PyResult<ArrayViewD<'a, T>> {
+    if !unbatched {
+        return Ok(g);
+    }
+    if g.ndim() != dims + 1 {
+        return Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "grad_output must be unbatched like the input ({} dimensions), got shape {}",
+            dims + 1,
+            crate::error::shape_str(g.shape())
+        )));
+    }
+    Ok(g.insert_axis(Axis(0)))
+}
+
 /// Removes the batch axis `add_batch` added.
 fn drop_batch<T>(out: ArrayD<T>, unbatched: bool) -> ArrayD<T> {
     if unbatched {

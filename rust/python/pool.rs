@@ -1,7 +1,7 @@
 //! Bindings of the max, average and adaptive average pools.
 
 use super::args::{compute, dispatch, expect_kind, ints, kind_of, output_size, readonly, PyReal};
-use super::{add_batch, drop_batch};
+use super::{add_batch, batch_grad, drop_batch};
 use crate::params::PoolParams;
 use crate::pool::{
     adaptive_avg_pool_backward, adaptive_avg_pool_forward, avg_pool_backward, avg_pool_forward, max_pool_backward,
@@ -93,7 +93,7 @@ fn backward_typed<'py, T: PyReal>(
     let g = readonly::<T>(grad_output, "grad_output")?;
     let x = readonly::<T>(input, "input")?;
     let (x, unbatched) = add_batch(x.as_array(), dims);
-    let g = if unbatched { add_batch(g.as_array(), dims).0 } else { g.as_array() };
+    let g = batch_grad(g.as_array(), dims, unbatched)?;
     let dx = compute(py, || match which {
         Backward::Max(p) => max_pool_backward(g, x, p),
         Backward::Avg(p, count_include_pad) => avg_pool_backward(g, x, p, count_include_pad),
