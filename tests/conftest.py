@@ -33,3 +33,8 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("RCONV_HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config):
+    # Slow tests (the full demo training run) skip unless RCONV_SLOW=1; see test_training.py.
+    config.addinivalue_line("markers", "slow: slow test, runs only with RCONV_SLOW=1")

@@ -8,5 +8,6 @@ from . import functional
 from ._rconv import __version__, get_num_threads, set_num_threads
 from .functional import *  # noqa: F401,F403  (the functional API, re-exported)
 from .functional import __all__ as _functional_all
+from . import nn, optim, datasets, filters, models  # noqa: E402  (after the functional API they use)
 
 __all__ = ["functional", "get_num_threads", "set_num_threads", "__version__", *_functional_all]
