@@ -93,10 +93,15 @@ $(DEMO_STAMP): $(VENV_STAMP)
 demo: install $(DEMO_STAMP)
 	PYTHONSAFEPATH=1 $(PY) -m rconv demo
 
+# `python -m rconv bench` compares with the peers that are installed (torch, onnxruntime + onnx)
+# and skips the others; none is installed by default (torch alone is a multi-GB download).
+# To compare: make bench BENCH_PEERS='torch onnx onnxruntime'. Results also go to target/.
+BENCH_PEERS ?=
+
 bench: install
 	cargo bench
-	@PYTHONSAFEPATH=1 $(PY) -m rconv bench || { \
-	  rc=$$?; echo "error: 'python -m rconv bench' failed with status $$rc (not implemented yet?)" >&2; exit $$rc; }
+	$(if $(strip $(BENCH_PEERS)),$(PIP) install --quiet $(BENCH_PEERS))
+	PYTHONSAFEPATH=1 $(PY) -m rconv bench --json target/rconv-bench.json
 
 # Back to a fresh clone's state: also drops the cargo cache in target/.
 clean:
