@@ -28,5 +28,5 @@ pub use parallel::{get_num_threads, set_num_threads};
 pub use params::{ConvGeometry, ConvParams, Padding, PaddingMode, PoolGeometry, PoolParams};
 pub use pool::{
     adaptive_avg_pool_backward, adaptive_avg_pool_forward, avg_pool_backward, avg_pool_forward, max_pool_backward,
-    max_pool_forward,
+    max_pool_backward_indices, max_pool_forward, max_pool_forward_values,
 };

@@ -1,131 +1,75 @@
-//! Max, average and adaptive average pooling in 1, 2 and 3 spatial dimensions.
+//! Max, average and adaptive average pooling in 1, 2 and 3 spatial dimensions, forward and
+//! backward.
 //!
-//! Every (sample, channel) plane is pooled independently, so planes are the parallel tasks.
-//! Windows are described per dimension as lists of in-bounds input positions (`Windows`), built
-//! once per call; the kernels then only walk those lists.
+//! The kernels work on whole rows (`plan.rs`): a window is a list of input rows times a list of
+//! column taps, and each tap of a row of outputs is one contiguous slice of the input row split
+//! into `stride` phases, so the inner loops are element-wise over slices and vectorise (AVX2 or
+//! SSE4.1 chosen at run time, `simd.rs`). Max and average pooling keep the definition's scan
+//! order (z, y, x, as PyTorch's CPU loops), so their results are bitwise those of the generic
+//! loops in `windows.rs`: NaN payloads, signed zeros, argmax ties and rounding of sums included.
+//! Adaptive pooling sums columns first (see `avg.rs`).
+//!
+//! Parallel tasks are (plane, block of rows); the blocks depend only on the shapes, and no
+//! result depends on the blocks, so every result is bitwise identical for any thread count.
+//! Outputs are calloc'd and huge-page advised (`alloc.rs`): at these sizes, handing out fresh
+//! pages costs as much as the pooling itself.
 
-use crate::element::{standard, zeros, Real};
+mod alloc;
+mod avg;
+mod max;
+mod plan;
+mod simd;
+mod windows;
+
+use crate::element::{standard, Real};
 use crate::error::{shape_str, Error, Result};
-use crate::params::{adaptive_geometry, adaptive_window, PoolGeometry, PoolParams, MAX_DIMS};
-use crate::parallel;
+use crate::params::{adaptive_geometry, PoolGeometry, PoolParams};
+use alloc::{zeroed, zeros};
 use ndarray::{ArrayD, ArrayViewD};
-use rayon::prelude::*;
 
-/// For each dimension and each output position: the in-bounds input positions of its window,
-/// and the divisor size average pooling with `count_include_pad` uses.
-struct Windows {
-    taps: [Vec<Vec<usize>>; MAX_DIMS],
-    padded_len: [Vec<usize>; MAX_DIMS],
-}
-
-impl Windows {
-    /// Windows of a strided, padded, dilated pool (PyTorch's max and average pools).
-    fn strided(geo: &PoolGeometry) -> Windows {
-        let mut taps: [Vec<Vec<usize>>; MAX_DIMS] = Default::default();
-        let mut padded_len: [Vec<usize>; MAX_DIMS] = Default::default();
-        for d in 0..MAX_DIMS {
-            let (size, k, s, p, dil) = (geo.input[d] as isize, geo.kernel[d], geo.stride[d], geo.pad[d] as isize, geo.dilation[d]);
-            for o in 0..geo.output[d] {
-                let start = (o * s) as isize - p;
-                taps[d].push(
-                    (0..k).map(|j| start + (j * dil) as isize).filter(|&i| i >= 0 && i < size).map(|i| i as usize).collect(),
-                );
-                // Average pooling's padded window: [start, min(start + k, size + p)).
-                padded_len[d].push(((start + k as isize).min(size + p) - start) as usize);
-            }
-        }
-        Windows { taps, padded_len }
-    }
-
-    /// Windows of an adaptive pool: `[floor(o * in / out), ceil((o + 1) * in / out))`.
-    fn adaptive(geo: &PoolGeometry) -> Windows {
-        let mut taps: [Vec<Vec<usize>>; MAX_DIMS] = Default::default();
-        for d in 0..MAX_DIMS {
-            for o in 0..geo.output[d] {
-                let (a, b) = adaptive_window(o, geo.output[d], geo.input[d]);
-                taps[d].push((a..b).collect());
-            }
-        }
-        let padded_len = taps.clone().map(|t| t.iter().map(Vec::len).collect());
-        Windows { taps, padded_len }
-    }
-}
-
-/// Max pooling forward (PyTorch's `max_pool1d/2d/3d`).
+/// Max pooling forward (PyTorch's `max_pool1d/2d/3d` with `return_indices=True`).
 ///
 /// Shapes: `input (N, C, *in)` -> `(output (N, C, *out), indices (N, C, *out))`, where each index
 /// is the flat position of the maximum inside its input plane (`(z * H + y) * W + x`), as
-/// PyTorch's `return_indices`. Padding counts as -inf; a NaN in a window makes its output NaN.
+/// PyTorch's `return_indices`. Padding counts as -inf; a NaN in a window makes its output NaN
+/// (the last NaN in scan order, at its position); of equal maxima the first wins.
 pub fn max_pool_forward<T: Real>(input: ArrayViewD<'_, T>, params: &PoolParams) -> Result<(ArrayD<T>, ArrayD<i64>)> {
-    let geo = params.geometry(input.shape())?;
+    let geo = geometry(input.shape(), params)?;
     let mut out = zeros::<T>(&geo.output_shape(), "output")?;
-    let mut idx = crate::element::zeros_vec::<i64>(out.len(), "indices")?;
+    let mut idx = zeroed::<i64>(out.len(), "indices")?;
     if !out.is_empty() {
         let x = standard(input, "input copy")?;
         let x = x.as_slice().expect("standard layout");
-        let win = Windows::strided(&geo);
-        let (in_len, out_len) = (geo.input_len(), geo.output_len());
-        let [_, h, w] = geo.input;
         let dst = out.as_slice_mut().expect("fresh array");
-        parallel::install(|| {
-            dst.par_chunks_mut(out_len)
-                .zip(idx.par_chunks_mut(out_len))
-                .zip(x.par_chunks(in_len))
-                .for_each(|((o_plane, i_plane), x_plane)| {
-                    let mut o = 0;
-                    for zs in &win.taps[0] {
-                        for ys in &win.taps[1] {
-                            for xs in &win.taps[2] {
-                                let mut best = T::neg_infinity();
-                                let mut best_at = first_tap(zs, ys, xs, h, w);
-                                for &z in zs {
-                                    for &y in ys {
-                                        let row = (z * h + y) * w;
-                                        for &xx in xs {
-                                            let v = x_plane[row + xx];
-                                            // `v > best` alone would skip NaN; PyTorch lets NaN win.
-                                            if v > best || v.is_nan() {
-                                                best = v;
-                                                best_at = row + xx;
-                                            }
-                                        }
-                                    }
-                                }
-                                o_plane[o] = best;
-                                i_plane[o] = best_at as i64;
-                                o += 1;
-                            }
-                        }
-                    }
-                });
-        });
+        if max::fits(&geo) {
+            max::forward(&geo, x, dst, Some(&mut idx));
+        } else {
+            windows::max_forward(&geo, x, dst, &mut idx);
+        }
     }
     let idx = ArrayD::from_shape_vec(out.raw_dim(), idx).expect("same length as output");
     Ok((out, idx))
 }
 
-/// Calls `f(output position, z taps, y taps, x taps, divisor)` for every output position of a
-/// plane, in order. The divisor counts the padding when `count_include_pad`.
-fn each_window(win: &Windows, count_include_pad: bool, mut f: impl FnMut(usize, &[usize], &[usize], &[usize], usize)) {
-    let mut o = 0;
-    for (zi, zs) in win.taps[0].iter().enumerate() {
-        for (yi, ys) in win.taps[1].iter().enumerate() {
-            for (xi, xs) in win.taps[2].iter().enumerate() {
-                let count = if count_include_pad {
-                    win.padded_len[0][zi] * win.padded_len[1][yi] * win.padded_len[2][xi]
-                } else {
-                    zs.len() * ys.len() * xs.len()
-                };
-                f(o, zs, ys, xs, count);
-                o += 1;
-            }
+/// Max pooling forward without the indices (PyTorch's `max_pool1d/2d/3d` with
+/// `return_indices=False`): the same values as [`max_pool_forward`], without the cost of
+/// finding and writing the positions.
+///
+/// Shapes: `input (N, C, *in)` -> `(N, C, *out)`.
+pub fn max_pool_forward_values<T: Real>(input: ArrayViewD<'_, T>, params: &PoolParams) -> Result<ArrayD<T>> {
+    let geo = geometry(input.shape(), params)?;
+    let mut out = zeros::<T>(&geo.output_shape(), "output")?;
+    if !out.is_empty() {
+        let x = standard(input, "input copy")?;
+        let (x, dst) = (x.as_slice().expect("standard layout"), out.as_slice_mut().expect("fresh array"));
+        if plan::rows_fit(&geo) {
+            max::forward(&geo, x, dst, None);
+        } else {
+            let mut idx = zeroed::<i64>(dst.len(), "indices")?;
+            windows::max_forward(&geo, x, dst, &mut idx);
         }
     }
-}
-
-fn first_tap(zs: &[usize], ys: &[usize], xs: &[usize], h: usize, w: usize) -> usize {
-    let first = |t: &[usize]| t.first().copied().unwrap_or(0);
-    (first(zs) * h + first(ys)) * w + first(xs)
+    Ok(out)
 }
 
 /// Average pooling forward (PyTorch's `avg_pool1d/2d/3d`).
@@ -134,90 +78,120 @@ fn first_tap(zs: &[usize], ys: &[usize], xs: &[usize], h: usize, w: usize) -> us
 /// the zero padding inside the window (but not a `ceil_mode` overhang past it); without, only
 /// the input elements.
 pub fn avg_pool_forward<T: Real>(input: ArrayViewD<'_, T>, params: &PoolParams, count_include_pad: bool) -> Result<ArrayD<T>> {
-    let geo = params.geometry(input.shape())?;
-    mean_pool(input, &geo, Windows::strided, count_include_pad)
+    let geo = geometry(input.shape(), params)?;
+    let mut out = zeros::<T>(&geo.output_shape(), "output")?;
+    if !out.is_empty() {
+        let x = standard(input, "input copy")?;
+        let (x, dst) = (x.as_slice().expect("standard layout"), out.as_slice_mut().expect("fresh array"));
+        if plan::rows_fit(&geo) {
+            avg::forward(&geo, x, dst, count_include_pad);
+        } else {
+            windows::avg_forward(&geo, x, dst, count_include_pad);
+        }
+    }
+    Ok(out)
 }
 
 /// Adaptive average pooling forward (PyTorch's `adaptive_avg_pool1d/2d/3d`).
 ///
 /// Shapes: `input (N, C, *in)` -> `(N, C, *output_size)`; a `None` size keeps the input's.
+/// Window `i` of a dimension is `[floor(i * in / out), ceil((i + 1) * in / out))`.
 pub fn adaptive_avg_pool_forward<T: Real>(input: ArrayViewD<'_, T>, output_size: &[Option<usize>]) -> Result<ArrayD<T>> {
     let geo = adaptive_geometry(input.shape(), output_size)?;
-    mean_pool(input, &geo, Windows::adaptive, false)
-}
-
-/// Shared by average and adaptive pooling. The windows are built only after the output is
-/// allocated, so an absurd output size fails cleanly before any per-position table is made.
-fn mean_pool<T: Real>(
-    input: ArrayViewD<'_, T>,
-    geo: &PoolGeometry,
-    windows: fn(&PoolGeometry) -> Windows,
-    count_include_pad: bool,
-) -> Result<ArrayD<T>> {
     let mut out = zeros::<T>(&geo.output_shape(), "output")?;
-    if out.is_empty() {
-        return Ok(out);
+    if !out.is_empty() {
+        let x = standard(input, "input copy")?;
+        avg::adaptive_forward(&geo, x.as_slice().expect("standard layout"), out.as_slice_mut().expect("fresh array"));
     }
-    let win = windows(geo);
-    let x = standard(input, "input copy")?;
-    let x = x.as_slice().expect("standard layout");
-    let (in_len, out_len) = (geo.input_len(), geo.output_len());
-    let [_, h, w] = geo.input;
-    let dst = out.as_slice_mut().expect("fresh array");
-    parallel::install(|| {
-        dst.par_chunks_mut(out_len).zip(x.par_chunks(in_len)).for_each(|(o_plane, x_plane)| {
-            each_window(&win, count_include_pad, |o, zs, ys, xs, count| {
-                let mut sum = T::zero();
-                for &z in zs {
-                    for &y in ys {
-                        let row = &x_plane[(z * h + y) * w..][..w];
-                        for &xx in xs {
-                            sum += row[xx];
-                        }
-                    }
-                }
-                o_plane[o] = sum / T::from_usize(count).expect("window size fits a float");
-            });
-        });
-    });
     Ok(out)
 }
 
-/// Max pooling backward: `grad_input (N, C, *in)` receives each `grad_output` element at the
-/// position of its window's maximum (recomputed from `input` exactly as the forward picks it).
+/// Max pooling backward: `grad_input (N, C, *in)` receives each `grad_output (N, C, *out)`
+/// element at the position of its window's maximum, recomputed from `input` exactly as the
+/// forward picks it (no index array is stored: each task finds the maxima of the windows that
+/// meet its rows and adds the gradients in output order).
 pub fn max_pool_backward<T: Real>(grad_output: ArrayViewD<'_, T>, input: ArrayViewD<'_, T>, params: &PoolParams) -> Result<ArrayD<T>> {
-    let geo = params.geometry(input.shape())?;
+    let geo = geometry(input.shape(), params)?;
     check_grad_output(grad_output.shape(), &geo.output_shape(), &geo.input_shape())?;
-    let (_, idx) = max_pool_forward(input, params)?;
     let mut grad_input = zeros::<T>(&geo.input_shape(), "grad_input")?;
-    if grad_input.is_empty() || idx.is_empty() {
+    if grad_input.is_empty() {
         return Ok(grad_input);
     }
     let dy = standard(grad_output, "grad_output copy")?;
     let dy = dy.as_slice().expect("standard layout");
-    let idx = idx.as_slice().expect("fresh array");
-    let (in_len, out_len) = (geo.input_len(), geo.output_len());
+    let x = standard(input, "input copy")?;
+    let x = x.as_slice().expect("standard layout");
     let dx = grad_input.as_slice_mut().expect("fresh array");
-    parallel::install(|| {
-        dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len).zip(idx.par_chunks(out_len))).for_each(|(dx_plane, (g, at))| {
-            for (&v, &i) in g.iter().zip(at) {
-                dx_plane[i as usize] += v;
-            }
-        });
-    });
+    if max::fits(&geo) {
+        max::backward(&geo, x, dy, dx);
+    } else {
+        let mut out = zeroed::<T>(dy.len(), "output")?;
+        let mut idx = zeroed::<i64>(dy.len(), "indices")?;
+        windows::max_forward(&geo, x, &mut out, &mut idx);
+        max::backward_from_indices(&geo, dy, &idx, dx)?;
+    }
+    Ok(grad_input)
+}
+
+/// Max pooling backward from the indices [`max_pool_forward`] returned, so a layer that kept
+/// them need not recompute the maxima. `grad_output` and `indices` have the output's shape
+/// `(N, C, *out)`; `input_shape` is the forward input's `(N, C, *in)`. Each index must be a
+/// position in `[0, prod(in))` of its plane (an `indices` error otherwise); gradients that meet
+/// at one position are added in output order.
+pub fn max_pool_backward_indices<T: Real>(
+    grad_output: ArrayViewD<'_, T>,
+    indices: ArrayViewD<'_, i64>,
+    input_shape: &[usize],
+    params: &PoolParams,
+) -> Result<ArrayD<T>> {
+    let geo = geometry(input_shape, params)?;
+    check_grad_output(grad_output.shape(), &geo.output_shape(), &geo.input_shape())?;
+    if indices.shape() != grad_output.shape() {
+        return Err(Error::invalid(
+            "indices",
+            format!(
+                "indices must have the forward output's shape {} (as max_pool returns them), got {}",
+                shape_str(&geo.output_shape()),
+                shape_str(indices.shape())
+            ),
+        ));
+    }
+    let mut grad_input = zeros::<T>(&geo.input_shape(), "grad_input")?;
+    if grad_input.is_empty() || indices.is_empty() {
+        return Ok(grad_input);
+    }
+    let dy = standard(grad_output, "grad_output copy")?;
+    let idx = if indices.is_standard_layout() { ndarray::CowArray::from(indices) } else { ndarray::CowArray::from(indices.as_standard_layout().into_owned()) };
+    max::backward_from_indices(
+        &geo,
+        dy.as_slice().expect("standard layout"),
+        idx.as_slice().expect("standard layout"),
+        grad_input.as_slice_mut().expect("fresh array"),
+    )?;
     Ok(grad_input)
 }
 
 /// Average pooling backward: each `grad_output` element is spread evenly (by the forward's
-/// divisor) over its window's input positions. Shapes as `avg_pool_forward`.
+/// divisor) over its window's input positions. Shapes as [`avg_pool_forward`].
 pub fn avg_pool_backward<T: Real>(
     grad_output: ArrayViewD<'_, T>,
     input: ArrayViewD<'_, T>,
     params: &PoolParams,
     count_include_pad: bool,
 ) -> Result<ArrayD<T>> {
-    let geo = params.geometry(input.shape())?;
-    mean_pool_backward(grad_output, &geo, Windows::strided, count_include_pad)
+    let geo = geometry(input.shape(), params)?;
+    check_grad_output(grad_output.shape(), &geo.output_shape(), &geo.input_shape())?;
+    let mut grad_input = zeros::<T>(&geo.input_shape(), "grad_input")?;
+    if !grad_input.is_empty() {
+        let dy = standard(grad_output, "grad_output copy")?;
+        let (dy, dx) = (dy.as_slice().expect("standard layout"), grad_input.as_slice_mut().expect("fresh array"));
+        if plan::rows_fit(&geo) {
+            avg::backward(&geo, dy, dx, count_include_pad);
+        } else {
+            windows::avg_backward(&geo, dy, dx, count_include_pad);
+        }
+    }
+    Ok(grad_input)
 }
 
 /// Adaptive average pooling backward; the output size is `grad_output`'s spatial shape.
@@ -234,42 +208,26 @@ pub fn adaptive_avg_pool_backward<T: Real>(grad_output: ArrayViewD<'_, T>, input
         return Err(Error::invalid("grad_output", format!("grad_output of shape {} has an empty spatial dimension", shape_str(g))));
     }
     let geo = adaptive_geometry(x, &size)?;
-    mean_pool_backward(grad_output, &geo, Windows::adaptive, false)
+    check_grad_output(g, &geo.output_shape(), &geo.input_shape())?;
+    let mut grad_input = zeros::<T>(&geo.input_shape(), "grad_input")?;
+    if !grad_input.is_empty() {
+        let dy = standard(grad_output, "grad_output copy")?;
+        avg::adaptive_backward(&geo, dy.as_slice().expect("standard layout"), grad_input.as_slice_mut().expect("fresh array"));
+    }
+    Ok(grad_input)
 }
 
-fn mean_pool_backward<T: Real>(
-    grad_output: ArrayViewD<'_, T>,
-    geo: &PoolGeometry,
-    windows: fn(&PoolGeometry) -> Windows,
-    count_include_pad: bool,
-) -> Result<ArrayD<T>> {
-    check_grad_output(grad_output.shape(), &geo.output_shape(), &geo.input_shape())?;
-    let mut grad_input = zeros::<T>(&geo.input_shape(), "grad_input")?;
-    if grad_input.is_empty() {
-        return Ok(grad_input);
+/// The validated geometry of a strided pool; an input with an empty spatial dimension is an
+/// error (as in PyTorch), even where padding would give it a window.
+fn geometry(input: &[usize], params: &PoolParams) -> Result<PoolGeometry> {
+    let geo = params.geometry(input)?;
+    if input[2..].contains(&0) {
+        return Err(Error::invalid(
+            "input",
+            format!("pooling needs a non-empty input in every spatial dimension, got shape {}", shape_str(input)),
+        ));
     }
-    let win = windows(geo);
-    let dy = standard(grad_output, "grad_output copy")?;
-    let dy = dy.as_slice().expect("standard layout");
-    let (in_len, out_len) = (geo.input_len(), geo.output_len());
-    let [_, h, w] = geo.input;
-    let dx = grad_input.as_slice_mut().expect("fresh array");
-    parallel::install(|| {
-        dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len)).for_each(|(dx_plane, g)| {
-            each_window(&win, count_include_pad, |o, zs, ys, xs, count| {
-                let share = g[o] / T::from_usize(count).expect("window size fits a float");
-                for &z in zs {
-                    for &y in ys {
-                        let row = &mut dx_plane[(z * h + y) * w..][..w];
-                        for &xx in xs {
-                            row[xx] += share;
-                        }
-                    }
-                }
-            });
-        });
-    });
-    Ok(grad_input)
+    Ok(geo)
 }
 
 fn check_grad_output(shape: &[usize], expected: &[usize], input: &[usize]) -> Result<()> {
@@ -289,58 +247,4 @@ fn check_grad_output(shape: &[usize], expected: &[usize], input: &[usize]) -> Re
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use ndarray::{ArrayD, IxDyn};
-
-    fn plane(h: usize, w: usize) -> ArrayD<f64> {
-        ArrayD::from_shape_fn(IxDyn(&[1, 1, h, w]), |i| ((i[2] * 7 + i[3] * 3) % 11) as f64)
-    }
-
-    #[test]
-    fn max_pool_2x2_and_indices() {
-        let x = plane(4, 4);
-        let (out, idx) = max_pool_forward(x.view(), &PoolParams::new(vec![2, 2])).unwrap();
-        for oy in 0..2 {
-            for ox in 0..2 {
-                let mut best = (f64::NEG_INFINITY, 0);
-                for y in 2 * oy..2 * oy + 2 {
-                    for xx in 2 * ox..2 * ox + 2 {
-                        if x[[0, 0, y, xx]] > best.0 {
-                            best = (x[[0, 0, y, xx]], y * 4 + xx);
-                        }
-                    }
-                }
-                assert_eq!(out[[0, 0, oy, ox]], best.0);
-                assert_eq!(idx[[0, 0, oy, ox]], best.1 as i64);
-            }
-        }
-    }
-
-    #[test]
-    fn max_pool_propagates_nan() {
-        let mut x = plane(4, 4);
-        x[[0, 0, 1, 1]] = f64::NAN;
-        let (out, idx) = max_pool_forward(x.view(), &PoolParams::new(vec![2, 2])).unwrap();
-        assert!(out[[0, 0, 0, 0]].is_nan());
-        assert_eq!(idx[[0, 0, 0, 0]], 5);
-        assert!(!out[[0, 0, 1, 1]].is_nan());
-    }
-
-    #[test]
-    fn avg_pool_divisors() {
-        let x = ArrayD::<f64>::ones(IxDyn(&[1, 1, 3, 3]));
-        let mut p = PoolParams::new(vec![2, 2]);
-        p.padding = vec![1, 1];
-        // Corner window covers 1 input element and 3 padding zeros.
-        assert_eq!(avg_pool_forward(x.view(), &p, true).unwrap()[[0, 0, 0, 0]], 0.25);
-        assert_eq!(avg_pool_forward(x.view(), &p, false).unwrap()[[0, 0, 0, 0]], 1.0);
-    }
-
-    #[test]
-    fn adaptive_average_of_whole_plane() {
-        let x = plane(5, 7);
-        let out = adaptive_avg_pool_forward(x.view(), &[Some(1), Some(1)]).unwrap();
-        assert!((out[[0, 0, 0, 0]] - x.mean().unwrap()).abs() < 1e-12);
-    }
-}
+mod tests;

@@ -5,9 +5,10 @@ use super::{add_batch, batch_grad, drop_batch};
 use crate::params::PoolParams;
 use crate::pool::{
     adaptive_avg_pool_backward, adaptive_avg_pool_forward, avg_pool_backward, avg_pool_forward, max_pool_backward,
-    max_pool_forward,
+    max_pool_backward_indices, max_pool_forward, max_pool_forward_values,
 };
-use numpy::IntoPyArray;
+use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -40,14 +41,35 @@ fn max_typed<'py, T: PyReal>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let x = readonly::<T>(input, "input")?;
     let (x, unbatched) = add_batch(x.as_array(), dims);
-    let (out, idx) = compute(py, || max_pool_forward(x, params))?;
-    let out = drop_batch(out, unbatched).into_pyarray(py).into_any();
     if return_indices {
+        let (out, idx) = compute(py, || max_pool_forward(x, params))?;
+        let out = drop_batch(out, unbatched).into_pyarray(py).into_any();
         let idx = drop_batch(idx, unbatched).into_pyarray(py).into_any();
         Ok(PyTuple::new(py, [out, idx])?.into_any())
     } else {
-        Ok(out)
+        // Without indices the kernel neither tracks nor writes them (8 bytes per output).
+        let out = compute(py, || max_pool_forward_values(x, params))?;
+        Ok(drop_batch(out, unbatched).into_pyarray(py).into_any())
     }
+}
+
+/// `indices` of a max-pool backward: an int64 ndarray, as `max_pool*d(..., return_indices=True)`
+/// returns it.
+fn read_indices<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArrayDyn<'py, i64>> {
+    let arr = obj.cast::<PyArrayDyn<i64>>().map_err(|_| {
+        let got = match obj.cast::<PyUntypedArray>() {
+            Ok(a) => format!(
+                "{} array of shape {}",
+                a.dtype().str().map(|s| s.to_string()).unwrap_or_else(|_| "?".into()),
+                crate::error::shape_str(a.shape())
+            ),
+            Err(_) => obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into()),
+        };
+        PyTypeError::new_err(format!(
+            "indices must be the int64 numpy.ndarray max_pool returns with return_indices=True, got {got}"
+        ))
+    })?;
+    arr.try_readonly().map_err(|e| PyValueError::new_err(format!("indices cannot be read: {e}")))
 }
 
 fn avg_typed<'py, T: PyReal>(
@@ -75,10 +97,10 @@ fn adaptive_typed<'py, T: PyReal>(
     Ok(drop_batch(out, unbatched).into_pyarray(py).into_any())
 }
 
-/// Which pool a backward call differentiates.
+/// Which pool a backward call differentiates (a max pool with the forward's indices, if given).
 #[derive(Clone, Copy)]
-enum Backward<'a> {
-    Max(&'a PoolParams),
+enum Backward<'a, 'py> {
+    Max(&'a PoolParams, Option<&'a Bound<'py, PyAny>>),
     Avg(&'a PoolParams, bool),
     Adaptive,
 }
@@ -88,16 +110,42 @@ fn backward_typed<'py, T: PyReal>(
     dims: usize,
     grad_output: &Bound<'py, PyAny>,
     input: &Bound<'py, PyAny>,
-    which: Backward<'_>,
+    which: Backward<'_, 'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let g = readonly::<T>(grad_output, "grad_output")?;
     let x = readonly::<T>(input, "input")?;
     let (x, unbatched) = add_batch(x.as_array(), dims);
     let g = batch_grad(g.as_array(), dims, unbatched)?;
-    let dx = compute(py, || match which {
-        Backward::Max(p) => max_pool_backward(g, x, p),
-        Backward::Avg(p, count_include_pad) => avg_pool_backward(g, x, p, count_include_pad),
-        Backward::Adaptive => adaptive_avg_pool_backward(g, x),
+    let idx = match which {
+        Backward::Max(_, Some(obj)) if !obj.is_none() => Some(read_indices(obj)?),
+        _ => None,
+    };
+    let idx = match &idx {
+        Some(i) if unbatched => {
+            let i = i.as_array();
+            if i.ndim() != dims + 1 {
+                return Err(PyValueError::new_err(format!(
+                    "indices must be unbatched like the input ({} dimensions), got shape {}",
+                    dims + 1,
+                    crate::error::shape_str(i.shape())
+                )));
+            }
+            Some(i.insert_axis(ndarray::Axis(0)))
+        }
+        Some(i) => Some(i.as_array()),
+        None => None,
+    };
+    // The work without the Python objects, so it can run with the GIL released.
+    let (max, avg) = match which {
+        Backward::Max(p, _) => (Some(p), None),
+        Backward::Avg(p, count_include_pad) => (None, Some((p, count_include_pad))),
+        Backward::Adaptive => (None, None),
+    };
+    let dx = compute(py, || match (max, avg, idx) {
+        (Some(p), _, Some(idx)) => max_pool_backward_indices(g, idx, x.shape(), p),
+        (Some(p), _, None) => max_pool_backward(g, x, p),
+        (None, Some((p, count_include_pad)), _) => avg_pool_backward(g, x, p, count_include_pad),
+        (None, None, _) => adaptive_avg_pool_backward(g, x),
     })?;
     Ok(drop_batch(dx, unbatched).into_pyarray(py).into_any())
 }
@@ -107,7 +155,7 @@ fn backward_nd<'py>(
     dims: usize,
     grad_output: &Bound<'py, PyAny>,
     input: &Bound<'py, PyAny>,
-    which: Backward<'_>,
+    which: Backward<'_, 'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let kind = kind_of(input, "input")?;
     expect_kind(grad_output, "grad_output", kind, "input")?;
@@ -117,9 +165,15 @@ fn backward_nd<'py>(
 macro_rules! pool_backward_fns {
     ($max:ident, $avg:ident, $adaptive:ident, $dims:literal) => {
         /// Gradient of max pooling with respect to its input; see `rconv.functional`.
+        ///
+        /// `indices` (keyword, optional): the int64 indices the forward returned with
+        /// `return_indices=True`, shaped like `grad_output`. Given, each gradient goes to its
+        /// index and the maxima are not recomputed from `input` (which then only supplies the
+        /// shape); an index outside its input plane is a ValueError naming `indices`. Omitted,
+        /// the argmax is recomputed from `input` exactly as the forward picks it.
         #[pyfunction]
-        #[pyo3(signature = (grad_output, input, kernel_size, stride=None, padding=None, dilation=None, ceil_mode=false),
-               text_signature = "(grad_output, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False)")]
+        #[pyo3(signature = (grad_output, input, kernel_size, stride=None, padding=None, dilation=None, ceil_mode=false, *, indices=None),
+               text_signature = "(grad_output, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, indices=None)")]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $max<'py>(
             py: Python<'py>,
@@ -130,9 +184,10 @@ macro_rules! pool_backward_fns {
             padding: Option<&Bound<'py, PyAny>>,
             dilation: Option<&Bound<'py, PyAny>>,
             ceil_mode: bool,
+            indices: Option<&Bound<'py, PyAny>>,
         ) -> PyResult<Bound<'py, PyAny>> {
             let params = pool_params($dims, kernel_size, stride, padding, dilation, ceil_mode)?;
-            backward_nd(py, $dims, grad_output, input, Backward::Max(&params))
+            backward_nd(py, $dims, grad_output, input, Backward::Max(&params, indices))
         }
 
         /// Gradient of average pooling with respect to its input; see `rconv.functional`.

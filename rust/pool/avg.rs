@@ -1,0 +1,341 @@
+//! Average and adaptive average pooling on whole rows, forward and backward.
+//!
+//! Average pooling sums each window in the definition's order (z, y, then x, starting from 0)
+//! with whole rows of outputs at once: for every input row of the window and every column tap,
+//! one vector add of the tap's slice of the split row (padding holds +0.0, which leaves a sum
+//! that started at +0.0 unchanged). The result is bitwise the generic loop's, whose order is
+//! PyTorch's CPU loops' order.
+//!
+//! The backward spreads `grad / divisor` over each window, output rows in order and, within a
+//! row, column taps from last to first so each element still receives its outputs in order.
+
+use super::plan::{row_span, rows_per_task, Axis, Columns, RowCache};
+use super::simd::{level, multiversion};
+use crate::element::Real;
+use crate::params::{adaptive_window, PoolGeometry};
+use crate::parallel;
+use rayon::prelude::*;
+
+/// The geometry of an average pool as the row kernels see it.
+pub(super) struct AvgPlan {
+    az: Axis,
+    ay: Axis,
+    cols: Columns,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    count_include_pad: bool,
+    /// Per output column: its factor of the divisor.
+    cx: Vec<usize>,
+}
+
+impl AvgPlan {
+    pub fn new(geo: &PoolGeometry, count_include_pad: bool) -> AvgPlan {
+        let ax = Axis::of(geo, 2);
+        let cx = (0..ax.out)
+            .map(|o| {
+                if count_include_pad {
+                    ax.padded_len(o)
+                } else {
+                    let (lo, hi) = ax.taps(o);
+                    hi - lo
+                }
+            })
+            .collect();
+        AvgPlan {
+            az: Axis::of(geo, 0),
+            ay: Axis::of(geo, 1),
+            cols: Columns::new(ax),
+            h: geo.input[1],
+            w: geo.input[2],
+            ho: geo.output[1],
+            wo: geo.output[2],
+            count_include_pad,
+            cx,
+        }
+    }
+
+    /// The z * y factor of the divisor of output row `(oz, oy)`.
+    fn czy(&self, oz: usize, oy: usize) -> usize {
+        if self.count_include_pad {
+            // Saturating, as the generic loops: huge paddings can overflow the product.
+            self.az.padded_len(oz).saturating_mul(self.ay.padded_len(oy))
+        } else {
+            let ((lz, hz), (ly, hy)) = (self.az.taps(oz), self.ay.taps(oy));
+            (hz - lz) * (hy - ly)
+        }
+    }
+}
+
+/// The divisors of one output row, as floats, rebuilt only when the row's z * y factor changes.
+struct Divisors<T> {
+    czy: usize,
+    vals: Vec<T>,
+}
+
+impl<T: Real> Divisors<T> {
+    fn new(wo: usize) -> Self {
+        Divisors { czy: usize::MAX, vals: vec![T::one(); wo] }
+    }
+
+    #[inline]
+    fn of(&mut self, czy: usize, cx: &[usize]) -> &[T] {
+        if czy != self.czy {
+            self.czy = czy;
+            for (d, &c) in self.vals.iter_mut().zip(cx) {
+                *d = T::from_usize(czy.saturating_mul(c)).expect("window size fits a float");
+            }
+        }
+        &self.vals
+    }
+}
+
+#[inline(always)]
+fn add_into<T: Real>(acc: &mut [T], v: &[T]) {
+    let v = &v[..acc.len()];
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a += x;
+    }
+}
+
+/// Output rows `r0..` of one plane into `out` (whole rows).
+#[inline(always)]
+fn forward_rows<T: Real>(plan: &AvgPlan, x: &[T], r0: usize, out: &mut [T]) {
+    let (w, wo, cols) = (plan.w, plan.wo, &plan.cols);
+    // Cached split rows; their padding positions stay +0.0.
+    let mut cache = RowCache::<T>::new(if cols.direct { 0 } else { cols.s * cols.plen }, false, plan.az.rows_mod(), plan.ay.rows_mod());
+    let mut div = Divisors::new(wo);
+    for (i, acc) in out.chunks_exact_mut(wo).enumerate() {
+        let r = r0 + i;
+        let (oz, oy) = (r / plan.ho, r % plan.ho);
+        let ((lz, hz), (ly, hy)) = (plan.az.taps(oz), plan.ay.taps(oy));
+        acc.fill(T::zero());
+        for kz in lz..hz {
+            let z = plan.az.pos(oz, kz);
+            for ky in ly..hy {
+                let y = plan.ay.pos(oy, ky);
+                let flat = z * plan.h + y;
+                let row = &x[flat * w..][..w];
+                let src: &[T] = if cols.direct {
+                    row
+                } else {
+                    let (s, hit) = cache.slot(z, y, flat);
+                    if !hit {
+                        cols.split(row, cache.get_mut(s).0);
+                    }
+                    cache.get(s).0
+                };
+                for kx in 0..cols.taps.len() {
+                    add_into(acc, cols.tap(src, kx));
+                }
+            }
+        }
+        for (a, &d) in acc.iter_mut().zip(div.of(plan.czy(oz, oy), &plan.cx)) {
+            *a /= d;
+        }
+    }
+}
+
+multiversion!(fn forward_task[T: Real][T](plan: &AvgPlan, x: &[T], r0: usize, out: &mut [T]) = forward_rows);
+
+/// Average pooling forward of every plane.
+pub(super) fn forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], count_include_pad: bool) {
+    let plan = AvgPlan::new(geo, count_include_pad);
+    let (in_len, out_len, wo) = (geo.input_len(), geo.output_len(), plan.wo);
+    let rows = geo.output[0] * plan.ho;
+    let rpt = rows_per_task(geo.n * geo.c, rows, plan.w.saturating_mul(plan.az.rows_mod() * plan.ay.rows_mod()), 1);
+    let level = level();
+    let plan = &plan;
+    parallel::install(|| {
+        out.par_chunks_mut(out_len).zip(x.par_chunks(in_len)).for_each(|(o_plane, x_plane)| {
+            o_plane.par_chunks_mut(rpt * wo).enumerate().for_each(|(b, o)| forward_task::<T>(level, plan, x_plane, b * rpt, o))
+        })
+    });
+}
+
+/// Gradient of input rows `a..` of one plane (`dx`, whole rows, zero on entry) from every
+/// output row whose window meets them, in output order. As the max backward, the task
+/// accumulates its rows split into phases, so each tap of a row of outputs is one contiguous
+/// vector add, taps from last to first (each element gets its outputs in increasing order),
+/// and merges them back into `dx` at the end.
+#[inline(always)]
+fn backward_rows<T: Real>(plan: &AvgPlan, dy: &[T], a: usize, dx: &mut [T]) {
+    let (w, wo, cols) = (plan.w, plan.wo, &plan.cols);
+    let b = a + dx.len() / w;
+    let ((z0, z1), (y0, y1)) = row_span(a, b, plan.h);
+    let span = cols.s * cols.plen;
+    let mut acc = vec![T::zero(); (b - a) * span];
+    let mut div = Divisors::new(wo);
+    let mut share = vec![T::zero(); wo];
+    for oz in plan.az.touching(z0, z1) {
+        for oy in plan.ay.touching(y0, y1) {
+            let r = oz * plan.ho + oy;
+            let ((lz, hz), (ly, hy)) = (plan.az.taps(oz), plan.ay.taps(oy));
+            let divs = div.of(plan.czy(oz, oy), &plan.cx);
+            for ((s, &g), &d) in share.iter_mut().zip(&dy[r * wo..][..wo]).zip(divs) {
+                *s = g / d;
+            }
+            for kz in lz..hz {
+                let z = plan.az.pos(oz, kz);
+                for ky in ly..hy {
+                    let flat = z * plan.h + plan.ay.pos(oy, ky);
+                    if flat < a || flat >= b {
+                        continue;
+                    }
+                    let ph = &mut acc[(flat - a) * span..][..span];
+                    // Padding positions collect shares too; merging drops them.
+                    for kx in (0..cols.taps.len()).rev() {
+                        add_into(&mut ph[cols.tap_range(kx)], &share);
+                    }
+                }
+            }
+        }
+    }
+    for (row, ph) in dx.chunks_exact_mut(w).zip(acc.chunks_exact(span)) {
+        cols.merge(ph, row);
+    }
+}
+
+multiversion!(fn backward_task[T: Real][T](plan: &AvgPlan, dy: &[T], a: usize, dx: &mut [T]) = backward_rows);
+
+/// Average pooling backward; `dx` must be zero on entry.
+pub(super) fn backward<T: Real>(geo: &PoolGeometry, dy: &[T], dx: &mut [T], count_include_pad: bool) {
+    let plan = AvgPlan::new(geo, count_include_pad);
+    let (in_len, out_len, w) = (geo.input_len(), geo.output_len(), plan.w);
+    let rows = geo.input[0] * plan.h;
+    let align = if geo.input[0] == 1 { geo.stride[1] } else { 1 };
+    let rpt = rows_per_task(geo.n * geo.c, rows, w, align);
+    let level = level();
+    let plan = &plan;
+    parallel::install(|| {
+        dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len)).for_each(|(dx_plane, g)| {
+            dx_plane.par_chunks_mut(rpt * w).enumerate().for_each(|(b, d)| backward_task::<T>(level, plan, g, b * rpt, d))
+        })
+    });
+}
+
+/// The windows of an adaptive pool along one dimension.
+fn adaptive_windows(out: usize, size: usize) -> Vec<(usize, usize)> {
+    (0..out).map(|o| adaptive_window(o, out, size)).collect()
+}
+
+/// The geometry of an adaptive average pool.
+pub(super) struct AdaptivePlan {
+    zs: Vec<(usize, usize)>,
+    ys: Vec<(usize, usize)>,
+    xs: Vec<(usize, usize)>,
+    h: usize,
+    w: usize,
+}
+
+impl AdaptivePlan {
+    pub fn new(geo: &PoolGeometry) -> AdaptivePlan {
+        AdaptivePlan {
+            zs: adaptive_windows(geo.output[0], geo.input[0]),
+            ys: adaptive_windows(geo.output[1], geo.input[1]),
+            xs: adaptive_windows(geo.output[2], geo.input[2]),
+            h: geo.input[1],
+            w: geo.input[2],
+        }
+    }
+}
+
+/// Adaptive output rows `r0..` of one plane. Each window is summed column-wise over its rows
+/// first (one vector add per input row), then across its columns: a fixed order, fast also for
+/// global pooling, where the definition's order would be one long chain of dependent adds.
+#[inline(always)]
+fn adaptive_rows<T: Real>(plan: &AdaptivePlan, x: &[T], r0: usize, out: &mut [T]) {
+    let (w, wo) = (plan.w, plan.xs.len());
+    let ho = plan.ys.len();
+    let mut colsum = vec![T::zero(); w];
+    for (i, o_row) in out.chunks_exact_mut(wo).enumerate() {
+        let r = r0 + i;
+        let ((za, zb), (ya, yb)) = (plan.zs[r / ho], plan.ys[r % ho]);
+        colsum.fill(T::zero());
+        for z in za..zb {
+            for y in ya..yb {
+                add_into(&mut colsum, &x[(z * plan.h + y) * w..][..w]);
+            }
+        }
+        let rows = (zb - za) * (yb - ya);
+        for (o, &(xa, xb)) in o_row.iter_mut().zip(&plan.xs) {
+            let sum = colsum[xa..xb].iter().fold(T::zero(), |s, &v| s + v);
+            *o = sum / T::from_usize(rows * (xb - xa)).expect("window size fits a float");
+        }
+    }
+}
+
+multiversion!(fn adaptive_task[T: Real][T](plan: &AdaptivePlan, x: &[T], r0: usize, out: &mut [T]) = adaptive_rows);
+
+/// Adaptive average pooling forward of every plane.
+pub(super) fn adaptive_forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T]) {
+    let plan = AdaptivePlan::new(geo);
+    let (in_len, out_len, wo) = (geo.input_len(), geo.output_len(), geo.output[2]);
+    let rows = geo.output[0] * geo.output[1];
+    let per_row = (geo.input_len() / rows.max(1)).max(geo.input[2]);
+    let rpt = rows_per_task(geo.n * geo.c, rows, per_row, 1);
+    let level = level();
+    let plan = &plan;
+    parallel::install(|| {
+        out.par_chunks_mut(out_len).zip(x.par_chunks(in_len)).for_each(|(o_plane, x_plane)| {
+            o_plane.par_chunks_mut(rpt * wo).enumerate().for_each(|(b, o)| adaptive_task::<T>(level, plan, x_plane, b * rpt, o))
+        })
+    });
+}
+
+/// Adaptive gradient of input rows `a..` of one plane, outputs in order (the generic loop's
+/// order, so the result is bitwise the definition's).
+#[inline(always)]
+fn adaptive_backward_rows<T: Real>(plan: &AdaptivePlan, dy: &[T], a: usize, dx: &mut [T]) {
+    let (w, wo, ho) = (plan.w, plan.xs.len(), plan.ys.len());
+    let b = a + dx.len() / w;
+    let ((z0, z1), (y0, y1)) = row_span(a, b, plan.h);
+    let mut share = vec![T::zero(); wo];
+    for (oz, &(za, zb)) in plan.zs.iter().enumerate() {
+        if zb <= z0 || za > z1 {
+            continue;
+        }
+        for (oy, &(ya, yb)) in plan.ys.iter().enumerate() {
+            if yb <= y0 || ya > y1 {
+                continue;
+            }
+            let r = oz * ho + oy;
+            let rows = (zb - za) * (yb - ya);
+            for ((s, &g), &(xa, xb)) in share.iter_mut().zip(&dy[r * wo..][..wo]).zip(&plan.xs) {
+                *s = g / T::from_usize(rows * (xb - xa)).expect("window size fits a float");
+            }
+            for z in za..zb {
+                for y in ya..yb {
+                    let flat = z * plan.h + y;
+                    if flat < a || flat >= b {
+                        continue;
+                    }
+                    let row = &mut dx[(flat - a) * w..][..w];
+                    for (&s, &(xa, xb)) in share.iter().zip(&plan.xs) {
+                        for e in &mut row[xa..xb] {
+                            *e += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+multiversion!(fn adaptive_backward_task[T: Real][T](plan: &AdaptivePlan, dy: &[T], a: usize, dx: &mut [T]) = adaptive_backward_rows);
+
+/// Adaptive average pooling backward; `dx` must be zero on entry.
+pub(super) fn adaptive_backward<T: Real>(geo: &PoolGeometry, dy: &[T], dx: &mut [T]) {
+    let plan = AdaptivePlan::new(geo);
+    let (in_len, out_len, w) = (geo.input_len(), geo.output_len(), geo.input[2]);
+    let rows = geo.input[0] * geo.input[1];
+    let rpt = rows_per_task(geo.n * geo.c, rows, w, 1);
+    let level = level();
+    let plan = &plan;
+    parallel::install(|| {
+        dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len)).for_each(|(dx_plane, g)| {
+            dx_plane.par_chunks_mut(rpt * w).enumerate().for_each(|(b, d)| adaptive_backward_task::<T>(level, plan, g, b * rpt, d))
+        })
+    });
+}
