@@ -1,12 +1,14 @@
 //! Criterion benches over the benchmark suite (`benches/suite.json`, a copy of the project's
 //! shared suite): every convolution entry forward and backward, every pool entry forward and
-//! backward, float32, on rconv's pool (set RCONV_NUM_THREADS to pick the thread count).
+//! backward, float32, on rconv's pool (set RCONV_NUM_THREADS to pick the thread count). Max
+//! pools also time the forward with indices and the backward from stored indices.
 //!
 //! Each entry's result is checked before it is timed: a sample of output elements is recomputed
 //! directly from the definition in f64, and a wrong kernel fails the bench run.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use ndarray::{ArrayD, IxDyn};
+use rconv::pool::{max_pool_backward_indices, max_pool_forward_values};
 use rconv::{conv_backward, conv_forward, max_pool_backward, max_pool_forward, avg_pool_backward, avg_pool_forward};
 use rconv::{ConvParams, Padding, PaddingMode, PoolParams};
 use serde_json::Value;
@@ -114,6 +116,43 @@ fn check_max_pool(name: &str, x: &ArrayD<f32>, params: &PoolParams) {
         assert_eq!(flat[p], best, "{name}: output {p}");
         assert_eq!(xs[base + flat_idx[p] as usize], best, "{name}: index {p}");
     }
+    let values = max_pool_forward_values(x.view(), params).unwrap();
+    assert!(values.iter().zip(flat).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: values-only forward differs");
+    // Backward: recomputed argmax and stored indices agree, and every gradient lands somewhere.
+    let dy = filled(y.shape(), 5);
+    let dx = max_pool_backward(dy.view(), x.view(), params).unwrap();
+    let dx_idx = max_pool_backward_indices(dy.view(), idx.view(), x.shape(), params).unwrap();
+    assert!(dx.iter().zip(dx_idx.iter()).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: backward from indices differs");
+    let (sum_dx, sum_dy) = (dx.iter().map(|&v| v as f64).sum::<f64>(), dy.iter().map(|&v| v as f64).sum::<f64>());
+    assert!((sum_dx - sum_dy).abs() <= 1e-3 * (1.0 + sum_dy.abs()), "{name}: backward sums {sum_dx} vs {sum_dy}");
+}
+
+fn check_avg_pool(name: &str, x: &ArrayD<f32>, params: &PoolParams) {
+    let geo = params.geometry(x.shape()).unwrap();
+    let y = avg_pool_forward(x.view(), params, true).unwrap();
+    let flat = y.as_slice().unwrap();
+    let (plane, xs) = (geo.input_len(), x.as_slice().unwrap());
+    for p in sample_positions(flat.len(), 256) {
+        let at = unravel(p, y.shape());
+        let base = (at[0] * geo.c + at[1]) * plane;
+        let mut sum = 0.0f64;
+        for ky in 0..geo.kernel[1] {
+            for kx in 0..geo.kernel[2] {
+                let iy = (at[2] * geo.stride[1] + ky) as isize - geo.pad[1] as isize;
+                let ix = (at[3] * geo.stride[2] + kx) as isize - geo.pad[2] as isize;
+                if iy >= 0 && ix >= 0 && (iy as usize) < geo.input[1] && (ix as usize) < geo.input[2] {
+                    sum += xs[base + iy as usize * geo.input[2] + ix as usize] as f64;
+                }
+            }
+        }
+        // count_include_pad: windows here never overhang the padding.
+        let want = sum / (geo.kernel[1] * geo.kernel[2]) as f64;
+        assert!((flat[p] as f64 - want).abs() <= 1e-5, "{name}: output {p} is {}, expected {want}", flat[p]);
+    }
+    let dy = filled(y.shape(), 5);
+    let dx = avg_pool_backward(dy.view(), x.view(), params, true).unwrap();
+    let (sum_dx, sum_dy) = (dx.iter().map(|&v| v as f64).sum::<f64>(), dy.iter().map(|&v| v as f64).sum::<f64>());
+    assert!((sum_dx - sum_dy).abs() <= 1e-3 * (1.0 + sum_dy.abs()), "{name}: backward sums {sum_dx} vs {sum_dy}");
 }
 
 fn conv_benches(c: &mut Criterion) {
@@ -159,14 +198,28 @@ fn pool_benches(c: &mut Criterion) {
         let is_max = e["op"].as_str() == Some("max");
         if is_max {
             check_max_pool(name, &x, &params);
+        } else {
+            check_avg_pool(name, &x, &params);
         }
-        let y = if is_max { max_pool_forward(x.view(), &params).unwrap().0 } else { avg_pool_forward(x.view(), &params, true).unwrap() };
+        let (y, idx) = if is_max {
+            let (y, idx) = max_pool_forward(x.view(), &params).unwrap();
+            (y, Some(idx))
+        } else {
+            (avg_pool_forward(x.view(), &params, true).unwrap(), None)
+        };
         let dy = filled(y.shape(), 5);
         let mut group = c.benchmark_group(name);
         group.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
-        if is_max {
-            group.bench_function("forward", |b| b.iter(|| black_box(max_pool_forward(x.view(), &params).unwrap())));
+        if let Some(idx) = &idx {
+            // `forward` is what `max_pool2d(x, ...)` runs (no indices); `forward_indices` is
+            // `return_indices=True`; `backward` recomputes the argmax, `backward_indices` uses the
+            // forward's.
+            group.bench_function("forward", |b| b.iter(|| black_box(max_pool_forward_values(x.view(), &params).unwrap())));
+            group.bench_function("forward_indices", |b| b.iter(|| black_box(max_pool_forward(x.view(), &params).unwrap())));
             group.bench_function("backward", |b| b.iter(|| black_box(max_pool_backward(dy.view(), x.view(), &params).unwrap())));
+            group.bench_function("backward_indices", |b| {
+                b.iter(|| black_box(max_pool_backward_indices(dy.view(), idx.view(), x.shape(), &params).unwrap()))
+            });
         } else {
             group.bench_function("forward", |b| b.iter(|| black_box(avg_pool_forward(x.view(), &params, true).unwrap())));
             group.bench_function("backward", |b| b.iter(|| black_box(avg_pool_backward(dy.view(), x.view(), &params, true).unwrap())));

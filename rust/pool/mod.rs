@@ -14,17 +14,15 @@
 //! Outputs are calloc'd and huge-page advised (`alloc.rs`): at these sizes, handing out fresh
 //! pages costs as much as the pooling itself.
 
-mod alloc;
 mod avg;
 mod max;
 mod plan;
 mod simd;
 mod windows;
 
-use crate::element::{standard, Real};
+use crate::element::{standard, zeros, zeros_vec as zeroed, Real};
 use crate::error::{shape_str, Error, Result};
 use crate::params::{adaptive_geometry, PoolGeometry, PoolParams};
-use alloc::{zeroed, zeros};
 use ndarray::{ArrayD, ArrayViewD};
 
 /// Max pooling forward (PyTorch's `max_pool1d/2d/3d` with `return_indices=True`).

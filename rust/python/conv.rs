@@ -2,7 +2,7 @@
 
 use super::args::{dispatch, expect_kind, ints, kind_of, padding, readonly, compute, PyReal};
 use super::{add_batch, batch_grad, drop_batch};
-use crate::conv::{conv_backward, conv_forward};
+use crate::conv::{conv_backward, conv_backward_weight, conv_forward};
 use crate::params::{ConvParams, PaddingMode};
 use numpy::IntoPyArray;
 use pyo3::exceptions::PyValueError;
@@ -103,6 +103,7 @@ fn conv_backward_typed<'py, T: PyReal>(
     input: &Bound<'py, PyAny>,
     weight: &Bound<'py, PyAny>,
     params: &ConvParams,
+    input_grad: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let g = readonly::<T>(grad_output, "grad_output")?;
     let x = readonly::<T>(input, "input")?;
@@ -110,8 +111,13 @@ fn conv_backward_typed<'py, T: PyReal>(
     let (x, unbatched) = add_batch(x.as_array(), dims);
     let g = batch_grad(g.as_array(), dims, unbatched)?;
     let w = w.as_array();
-    let (dx, dw, db) = compute(py, || conv_backward(g, x, w, params))?;
-    let dx = drop_batch(dx, unbatched).into_pyarray(py).into_any();
+    let (dx, dw, db) = if input_grad {
+        let (dx, dw, db) = compute(py, || conv_backward(g, x, w, params))?;
+        (drop_batch(dx, unbatched).into_pyarray(py).into_any(), dw, db)
+    } else {
+        let (dw, db) = compute(py, || conv_backward_weight(g, x, w.shape(), params))?;
+        (py.None().into_bound(py), dw, db)
+    };
     PyTuple::new(py, [dx, dw.into_pyarray(py).into_any(), db.into_pyarray(py).into_any()])
 }
 
@@ -127,20 +133,23 @@ fn conv_backward_nd<'py>(
     dilation: Option<&Bound<'py, PyAny>>,
     groups: i64,
     padding_mode: &str,
+    input_grad: bool,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let kind = kind_of(input, "input")?;
     expect_kind(grad_output, "grad_output", kind, "input")?;
     expect_kind(weight, "weight", kind, "input")?;
     let params = conv_params(dims, stride, pad, dilation, groups, padding_mode)?;
-    dispatch!(kind, conv_backward_typed(py, dims, grad_output, input, weight, &params))
+    dispatch!(kind, conv_backward_typed(py, dims, grad_output, input, weight, &params, input_grad))
 }
 
 macro_rules! conv_backward_fn {
     ($name:ident, $dims:literal) => {
         /// Gradients of a convolution: `(grad_input, grad_weight, grad_bias)`; see `rconv.functional`.
+        /// With `input_grad=False`, grad_input is not computed and is returned as None (a first
+        /// layer, whose input needs no gradient, saves that work).
         #[pyfunction]
-        #[pyo3(signature = (grad_output, input, weight, stride=None, padding=None, dilation=None, groups=1, padding_mode="zeros"),
-               text_signature = "(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, padding_mode='zeros')")]
+        #[pyo3(signature = (grad_output, input, weight, stride=None, padding=None, dilation=None, groups=1, padding_mode="zeros", *, input_grad=true),
+               text_signature = "(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, padding_mode='zeros', *, input_grad=True)")]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $name<'py>(
             py: Python<'py>,
@@ -152,8 +161,9 @@ macro_rules! conv_backward_fn {
             dilation: Option<&Bound<'py, PyAny>>,
             groups: i64,
             padding_mode: &str,
+            input_grad: bool,
         ) -> PyResult<Bound<'py, PyTuple>> {
-            conv_backward_nd(py, $dims, grad_output, input, weight, stride, padding, dilation, groups, padding_mode)
+            conv_backward_nd(py, $dims, grad_output, input, weight, stride, padding, dilation, groups, padding_mode, input_grad)
         }
     };
 }
