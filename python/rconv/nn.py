@@ -461,10 +461,14 @@ class _ConvNd(Module):
         self._input = x
         return out
 
-    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+    def backward(self, grad_output: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
+        """As :meth:`Module.backward`; ``input_grad=False`` skips the input's gradient (returns
+        None), for a first layer whose input needs none."""
         x = _need(self._input, self)
         backward = getattr(F, self._backward_name)
-        grad_input, grad_weight, grad_bias = backward(grad_output, x, self.weight.data, **self._kwargs())
+        grad_input, grad_weight, grad_bias = backward(
+            grad_output, x, self.weight.data, **self._kwargs(), input_grad=input_grad
+        )
         self.weight.grad += grad_weight
         if self.bias is not None:
             self.bias.grad += grad_bias
@@ -950,8 +954,14 @@ class Sequential(Module):
             x = m(x)
         return x
 
-    def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        for m in reversed(list(self._modules.values())):
+    def backward(self, grad_output: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
+        """Backpropagates through the layers in reverse. ``input_grad=False`` (what ``fit``
+        uses) lets a first convolution skip the gradient of the model's input: returns None."""
+        layers = list(self._modules.values())
+        for i in range(len(layers) - 1, -1, -1):
+            m = layers[i]
+            if i == 0 and not input_grad and isinstance(m, _ConvNd):
+                return m.backward(grad_output, input_grad=False)
             grad_output = m.backward(grad_output)
         return grad_output
 

@@ -239,7 +239,11 @@ def fit(
                 optimizer.zero_grad()
                 logits = model(xb)
                 loss = criterion(logits, yb)
-                model.backward(criterion.backward())
+                grad = criterion.backward()
+                if isinstance(model, nn.Sequential):
+                    model.backward(grad, input_grad=False)  # the data needs no gradient
+                else:
+                    model.backward(grad)
                 optimizer.step()
                 m = len(yb)
                 loss_sum += loss * m
