@@ -36,6 +36,10 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
     let tile = tile_cols(rows, out_len);
     let tiles = out_len.div_ceil(tile);
     let pointwise = geo.kernel_volume() == 1 && geo.stride == [1; 3] && !geo.has_padding();
+    let per_tile = (tile / out_len).min(geo.n);
+    if !pointwise && per_tile > 1 {
+        return forward_batched(x, w, bias, geo, out, per_tile);
+    }
     let out_ptr = SendPtr(out.as_mut_ptr());
 
     let work = geo.n * geo.c_out * out_len * rows;
@@ -64,7 +68,7 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
             (x_group[p0..].as_ptr(), in_len as isize)
         } else {
             col.resize(rows * cols, T::zero());
-            fill_tile(x_group, geo, cg, p0, cols, col);
+            fill_tile(x_group, geo, cg, p0, cols, cols, col);
             (col.as_ptr(), cols as isize)
         };
         let a = &w[g * kg * rows..][..kg * rows];
@@ -76,19 +80,63 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
     });
 }
 
+/// `forward` for small feature maps: the im2col columns of `per_tile` samples sit side by side
+/// in one tile, so the GEMM is `per_tile` times wider (a 10x10 map alone gives a GEMM of 100
+/// columns, too narrow to run fast). The GEMM writes a (kg, width) buffer, copied to `out`.
+fn forward_batched<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeometry, out: &mut [T], per_tile: usize) {
+    let (cg, kg) = (geo.c_in_per_group(), geo.c_out_per_group());
+    let rows = cg * geo.kernel_volume();
+    let (in_len, out_len) = (geo.input_len(), geo.output_len());
+    let batches = geo.n.div_ceil(per_tile);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let work = geo.n * geo.c_out * out_len * rows;
+    parallel::for_each_init(batches * geo.groups, work, || (Vec::new(), Vec::new()), |(col, acc): &mut (Vec<T>, Vec<T>), item| {
+        let (b, g) = (item / geo.groups, item % geo.groups);
+        let (n0, n1) = (b * per_tile, ((b + 1) * per_tile).min(geo.n));
+        let width = (n1 - n0) * out_len;
+        col.resize(rows * width, T::zero());
+        acc.resize(kg * width, T::zero());
+        for (i, n) in (n0..n1).enumerate() {
+            let x_group = &x[(n * geo.c_in + g * cg) * in_len..][..cg * in_len];
+            fill_tile(x_group, geo, cg, 0, out_len, width, &mut col[i * out_len..]);
+        }
+        let a = &w[g * kg * rows..][..kg * rows];
+        // SAFETY: A is (kg, rows) row-major inside `w`, B (rows, width) and C (kg, width) are
+        // this task's own buffers.
+        unsafe {
+            T::gemm(kg, rows, width, T::one(), a.as_ptr(), rows as isize, 1, col.as_ptr(), width as isize, 1, T::zero(), acc.as_mut_ptr(), width as isize, 1);
+        }
+        for (i, n) in (n0..n1).enumerate() {
+            for k in 0..kg {
+                // SAFETY: task (b, g) writes rows g*kg..(g+1)*kg of samples n0..n1 only: disjoint
+                // between tasks and inside `out`.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add((n * geo.c_out + g * kg + k) * out_len), out_len) };
+                let src = &acc[k * width + i * out_len..][..out_len];
+                match bias {
+                    Some(bias) => dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v + bias[g * kg + k]),
+                    None => dst.copy_from_slice(src),
+                }
+            }
+        }
+    });
+}
+
 /// Writes columns `p0 .. p0 + cols` of the im2col matrix of `channels` consecutive input
 /// channels of one sample (`x_chans`) into `col` (row-major, `cols` wide). Row
 /// `r = (c * kd + z) * kh * kw + y * kw + x` holds channel `c` at kernel offset (z, y, x);
 /// positions in the zero padding read as 0.
-pub(crate) fn fill_tile<T: Real>(x_chans: &[T], geo: &ConvGeometry, channels: usize, p0: usize, cols: usize, col: &mut [T]) {
+///
+/// Row `r` starts at `col[r * ld]` (`ld >= cols`; several samples' tiles can sit side by side).
+pub(crate) fn fill_tile<T: Real>(x_chans: &[T], geo: &ConvGeometry, channels: usize, p0: usize, cols: usize, ld: usize, col: &mut [T]) {
+    let in_len = geo.input_len();
     for_each_run(geo, channels, p0, cols, |c, r, j, src| {
-        let dst = &mut col[r * cols + j..][..src.len];
+        let dst = &mut col[r * ld + j..][..src.len];
         match src.start {
             None => dst.fill(T::zero()),
             Some(at) => {
-                let xc = &x_chans[c * geo.input_len()..];
+                let xc = &x_chans[c * in_len..];
                 if src.step == 1 {
-                    dst.copy_from_slice(&xc[at..at + src.len]);
+                    copy_short(dst, &xc[at..at + src.len]);
                 } else {
                     for (i, v) in dst.iter_mut().enumerate() {
                         *v = xc[at + i * src.step];
@@ -97,6 +145,41 @@ pub(crate) fn fill_tile<T: Real>(x_chans: &[T], geo: &ConvGeometry, channels: us
             }
         }
     });
+}
+
+/// `dst.copy_from_slice(src)` for the short runs im2col copies (often 5 to 30 elements), where
+/// a call to `memmove` costs more than the copy: fixed blocks of 8 (or 4), the last one
+/// overlapping the previous, compile to a few vector moves and no call.
+#[inline]
+fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
+    #[inline(always)]
+    fn block<T: Copy, const B: usize>(dst: &mut [T], src: &[T], at: usize) {
+        let s: &[T; B] = src[at..at + B].try_into().expect("block in range");
+        let d: &mut [T; B] = (&mut dst[at..at + B]).try_into().expect("block in range");
+        *d = *s;
+    }
+    let len = dst.len().min(src.len());
+    if len >= 8 {
+        let mut at = 0;
+        while at + 8 < len {
+            block::<T, 8>(dst, src, at);
+            at += 8;
+        }
+        block::<T, 8>(dst, src, len - 8);
+    } else if len >= 4 {
+        block::<T, 4>(dst, src, 0);
+        block::<T, 4>(dst, src, len - 4);
+    } else {
+        if len > 0 {
+            dst[0] = src[0];
+        }
+        if len > 1 {
+            dst[1] = src[1];
+        }
+        if len > 2 {
+            dst[2] = src[2];
+        }
+    }
 }
 
 /// Adds the im2col-shaped gradient `col` (columns `p0 .. p0 + cols` of `channels` channels, as
@@ -139,6 +222,9 @@ fn for_each_run(geo: &ConvGeometry, channels: usize, p0: usize, cols: usize, mut
     let [sd, sh, sw] = geo.stride;
     let [dd, dh, dw] = geo.dilation;
     let [pd, ph, pw] = geo.pad_lo;
+    // Output coordinates of the tile's first column, found once: runs then advance them
+    // without dividing (a division per run cost as much as a short run's copy).
+    let (oz0, oy0, ox00) = (p0 / (oh * ow), (p0 / ow) % oh, p0 % ow);
     let mut r = 0;
     for c in 0..channels {
         for kz in 0..kd {
@@ -149,10 +235,8 @@ fn for_each_run(geo: &ConvGeometry, channels: usize, p0: usize, cols: usize, mut
                     let first = pw.saturating_sub(shift).div_ceil(sw);
                     let end = if pw + iw > shift { (pw + iw - shift).div_ceil(sw) } else { 0 };
                     let mut j = 0;
-                    let mut p = p0;
+                    let (mut oz, mut oy, mut ox0) = (oz0, oy0, ox00);
                     while j < cols {
-                        let (oz, rem) = (p / (oh * ow), p % (oh * ow));
-                        let (oy, ox0) = (rem / ow, rem % ow);
                         let run = (ow - ox0).min(cols - j);
                         let iz = (oz * sd + kz * dd) as isize - pd as isize;
                         let iy = (oy * sh + ky * dh) as isize - ph as isize;
@@ -173,7 +257,15 @@ fn for_each_run(geo: &ConvGeometry, channels: usize, p0: usize, cols: usize, mut
                             }
                         }
                         j += run;
-                        p += run;
+                        ox0 += run;
+                        if ox0 == ow {
+                            ox0 = 0;
+                            oy += 1;
+                            if oy == oh {
+                                oy = 0;
+                                oz += 1;
+                            }
+                        }
                     }
                     r += 1;
                 }
@@ -265,7 +357,9 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
     let wlen = dw.len();
     let dst_ptr = SendPtr(if chunks > 1 { partials.as_mut_ptr() } else { dw.as_mut_ptr() });
     let work = geo.n * geo.c_out * out_len * rows;
-    parallel::for_each_init(geo.groups * blocks * chunks, work, Vec::new, |col: &mut Vec<T>, item| {
+    // Small feature maps: several samples' columns side by side make one wide GEMM.
+    let per_tile = if pointwise { 1 } else { (tile / out_len).max(1) };
+    parallel::for_each_init(geo.groups * blocks * chunks, work, || (Vec::new(), Vec::new()), |(col, dyb): &mut (Vec<T>, Vec<T>), item| {
         let (gb, chunk) = (item / chunks, item % chunks);
         let (g, b) = (gb / blocks, gb % blocks);
         let (c0, c1) = (b * cb, ((b + 1) * cb).min(cg));
@@ -273,9 +367,38 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
         // SAFETY: task (g, b, chunk) writes columns c0*kvol .. c1*kvol of rows g*kg .. (g+1)*kg
         // of its chunk's (K, rows) matrix: disjoint between tasks, inside the buffer.
         let c = unsafe { dst_ptr.get().add(chunk * wlen + g * kg * rows + c0 * kvol) };
-        for n in (chunk * geo.n / chunks)..((chunk + 1) * geo.n / chunks) {
-            let x_chans = &x[(n * geo.c_in + g * cg + c0) * in_len..][..channels * in_len];
-            let dy_block = &dy[(n * geo.c_out + g * kg) * out_len..][..kg * out_len];
+        let x_chans = |n: usize| &x[(n * geo.c_in + g * cg + c0) * in_len..][..channels * in_len];
+        let dy_block = |n: usize| &dy[(n * geo.c_out + g * kg) * out_len..][..kg * out_len];
+        let (s0, s1) = (chunk * geo.n / chunks, (chunk + 1) * geo.n / chunks);
+        if per_tile > 1 {
+            let mut n0 = s0;
+            while n0 < s1 {
+                let n1 = (n0 + per_tile).min(s1);
+                let width = (n1 - n0) * out_len;
+                col.resize(channels * kvol * width, T::zero());
+                dyb.resize(kg * width, T::zero());
+                for (i, n) in (n0..n1).enumerate() {
+                    fill_tile(x_chans(n), geo, channels, 0, out_len, width, &mut col[i * out_len..]);
+                    for k in 0..kg {
+                        dyb[k * width + i * out_len..][..out_len].copy_from_slice(&dy_block(n)[k * out_len..][..out_len]);
+                    }
+                }
+                // SAFETY: A = dy of samples n0..n1 (kg, width) and B = their im2col^T (width,
+                // channels*kvol) are this task's buffers; C = this task's block of the partial.
+                unsafe {
+                    T::gemm(
+                        kg, width, channels * kvol, T::one(),
+                        dyb.as_ptr(), width as isize, 1,
+                        col.as_ptr(), 1, width as isize,
+                        T::one(), c, rows as isize, 1,
+                    );
+                }
+                n0 = n1;
+            }
+            return;
+        }
+        for n in s0..s1 {
+            let (x_chans, dy_block) = (x_chans(n), dy_block(n));
             for t in 0..tiles {
                 let p0 = t * tile;
                 let cols = tile.min(out_len - p0);
@@ -283,7 +406,7 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
                     (x_chans[p0..].as_ptr(), in_len as isize)
                 } else {
                     col.resize(channels * kvol * cols, T::zero());
-                    fill_tile(x_chans, geo, channels, p0, cols, col);
+                    fill_tile(x_chans, geo, channels, p0, cols, cols, col);
                     (col.as_ptr(), cols as isize)
                 };
                 // SAFETY: A = dy (kg, cols); B = im2col^T (cols, channels*kvol) read through
