@@ -129,6 +129,9 @@ fn forward_batched<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeom
 /// Row `r` starts at `col[r * ld]` (`ld >= cols`; several samples' tiles can sit side by side).
 pub(crate) fn fill_tile<T: Real>(x_chans: &[T], geo: &ConvGeometry, channels: usize, p0: usize, cols: usize, ld: usize, col: &mut [T]) {
     let in_len = geo.input_len();
+    if p0 == 0 && cols == geo.output_len() {
+        return fill_whole(x_chans, geo, channels, ld, col);
+    }
     for_each_run(geo, channels, p0, cols, |c, r, j, src| {
         let dst = &mut col[r * ld + j..][..src.len];
         match src.start {
@@ -145,6 +148,57 @@ pub(crate) fn fill_tile<T: Real>(x_chans: &[T], geo: &ConvGeometry, channels: us
             }
         }
     });
+}
+
+/// `fill_tile` for a tile holding a whole sample (the common case for small feature maps): runs
+/// are whole output rows, so the valid column range of each kernel offset is worked out once and
+/// every row is a zero-fill, a copy and a zero-fill.
+fn fill_whole<T: Real>(x_chans: &[T], geo: &ConvGeometry, channels: usize, ld: usize, col: &mut [T]) {
+    let [kd, kh, kw] = geo.kernel;
+    let [od, oh, ow] = geo.output;
+    let [id, ih, iw] = geo.input;
+    let [sd, sh, sw] = geo.stride;
+    let [dd, dh, dw] = geo.dilation;
+    let [pd, ph, pw] = geo.pad_lo;
+    let in_len = geo.input_len();
+    let mut r = 0;
+    for c in 0..channels {
+        let xc = &x_chans[c * in_len..][..in_len];
+        for kz in 0..kd {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    // Output columns [first, end) read input columns ox*sw + kx*dw - pw inside [0, iw).
+                    let shift = kx * dw;
+                    let first = pw.saturating_sub(shift).div_ceil(sw).min(ow);
+                    let end = if pw + iw > shift { (pw + iw - shift).div_ceil(sw).clamp(first, ow) } else { first };
+                    let dst_row = &mut col[r * ld..][..od * oh * ow];
+                    r += 1;
+                    for oz in 0..od {
+                        let iz = (oz * sd + kz * dd) as isize - pd as isize;
+                        for oy in 0..oh {
+                            let iy = (oy * sh + ky * dh) as isize - ph as isize;
+                            let dst = &mut dst_row[(oz * oh + oy) * ow..][..ow];
+                            if iz < 0 || iz >= id as isize || iy < 0 || iy >= ih as isize || first == end {
+                                dst.fill(T::zero());
+                                continue;
+                            }
+                            let row = &xc[(iz as usize * ih + iy as usize) * iw..][..iw];
+                            dst[..first].fill(T::zero());
+                            dst[end..].fill(T::zero());
+                            let src0 = first * sw + shift - pw;
+                            if sw == 1 {
+                                copy_short(&mut dst[first..end], &row[src0..src0 + end - first]);
+                            } else {
+                                for (i, v) in dst[first..end].iter_mut().enumerate() {
+                                    *v = row[src0 + i * sw];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `dst.copy_from_slice(src)` for the short runs im2col copies (often 5 to 30 elements), where
