@@ -30,8 +30,10 @@ VENV_REQUIREMENTS := \
 	"numpy>=1.21,<3" \
 	"pytest>=7,<10" \
 	"hypothesis>=6.80,<7" \
-	"tqdm>=4.60,<5"
-# What `python -m rconv demo` needs beyond the wheel's own dependencies (rconv[viz,progress]).
+	"tqdm>=4.60,<5" \
+	"matplotlib>=3.5,<4"
+# What `python -m rconv demo` needs beyond the wheel's own dependencies (rconv[viz,progress]);
+# the test venv has them too, so the picture tests run.
 DEMO_REQUIREMENTS := "matplotlib>=3.5,<4" "tqdm>=4.60,<5"
 
 # One wheel for every x86-64 Linux with glibc >= 2.17 and CPython >= 3.9 (abi3, set by

@@ -573,23 +573,9 @@ fn weight_plane_impl<T: Real, const SX: usize, const KW: usize>(corr: &Corr, src
 mod tests {
     use super::*;
     use crate::conv::im2col;
+    use crate::conv::testutil::{filled, max_abs};
     use crate::params::{ConvParams, Padding, PaddingMode};
 
-    fn filled(len: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) as f64 / (1u64 << 53) as f64) - 0.5
-            })
-            .collect()
-    }
-
-    fn max_abs(v: &[f64]) -> f64 {
-        v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
-    }
 
     /// Compares depthwise with im2col on one geometry, in f64 (to 1e-10) and f32 (to 1e-4 of
     /// the largest value), forward (with bias), input gradient and weight gradient.

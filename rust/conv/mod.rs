@@ -5,6 +5,8 @@ mod depthwise;
 mod im2col;
 mod winograd;
 pub(crate) mod pad;
+#[cfg(test)]
+mod testutil;
 
 /// How a convolution is computed. Every strategy computes the same function; `choose` picks
 /// the fastest one that applies, from the geometry alone (never from the thread count).
@@ -265,11 +267,8 @@ mod tests {
     }
 
     fn filled(shape: &[usize], seed: u64) -> ArrayD<f64> {
-        let mut state = seed;
-        ArrayD::from_shape_fn(IxDyn(shape), |_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 33) as f64 / (1u64 << 31) as f64) - 0.5
-        })
+        let len = shape.iter().product();
+        ArrayD::from_shape_vec(IxDyn(shape), testutil::filled(len, seed)).expect("length matches shape")
     }
 
     #[test]

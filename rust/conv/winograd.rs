@@ -569,23 +569,9 @@ fn output_transform_impl<T: Real>(bias: Option<&[T]>, plan: &Plan, t0: usize, co
 mod tests {
     use super::*;
     use crate::conv::im2col;
+    use crate::conv::testutil::{filled, max_abs};
     use crate::params::{ConvParams, Padding, PaddingMode};
 
-    fn filled(len: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 11) as f64 / (1u64 << 53) as f64) - 0.5
-            })
-            .collect()
-    }
-
-    fn max_abs(v: &[f64]) -> f64 {
-        v.iter().fold(0.0f64, |m, x| m.max(x.abs()))
-    }
 
     fn max_err<A: Copy + Into<f64>>(got: &[A], want: &[f64]) -> f64 {
         got.iter().zip(want).fold(0.0f64, |m, (&a, &b)| m.max((a.into() - b).abs()))
