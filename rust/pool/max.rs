@@ -64,6 +64,72 @@ fn takes<T: Real>(best: T, v: T) -> bool {
     v > best || v.is_nan()
 }
 
+/// Input rows shorter than this go through `forward_pairs`; longer rows amortise the general
+/// plan's set-up and its vectorised row passes win (measured: 28 columns, pairs 2.6x faster;
+/// 112 columns, pairs 1.8x slower).
+const PAIR_MAX_WIDTH: usize = 64;
+
+/// Whether `geo` is the classic 2x2, stride-2, unpadded pool over short rows, with every window
+/// inside the input (no ceil-mode partial window): `forward_pairs` serves it.
+fn is_pair_pool(geo: &PoolGeometry) -> bool {
+    geo.input[2] < PAIR_MAX_WIDTH
+        && geo.kernel == [1, 2, 2]
+        && geo.stride == [1, 2, 2]
+        && geo.pad == [0; 3]
+        && geo.dilation == [1; 3]
+        && geo.input[0] == 1
+        && geo.output[1] * 2 <= geo.input[1]
+        && geo.output[2] * 2 <= geo.input[2]
+}
+
+/// 2x2 stride-2 max pooling, one output row from two input rows, for the small feature maps of
+/// LeNet-like networks (28 columns), where the general row plan spends more on setting up each
+/// row than on the row. Scan order and tie/NaN rules are `takes`'s, so values and indices are
+/// bitwise those of the general path.
+fn forward_pairs<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], idx: Option<&mut [i64]>) {
+    let [_, ih, iw] = geo.input;
+    let [_, oh, ow] = geo.output;
+    let (in_len, out_len) = (ih * iw, oh * ow);
+    let idx_ptr = idx.map(|i| crate::element::SendPtr(i.as_mut_ptr()));
+    let work = out.len() * 4;
+    parallel::for_each_chunk(out, out_len, work, |plane, o| {
+        let xp = &x[plane * in_len..][..in_len];
+        for oy in 0..oh {
+            let (r0, r1) = (&xp[2 * oy * iw..][..iw], &xp[(2 * oy + 1) * iw..][..iw]);
+            let orow = &mut o[oy * ow..][..ow];
+            match idx_ptr {
+                None => {
+                    for (ox, v) in orow.iter_mut().enumerate() {
+                        let mut best = r0[2 * ox];
+                        for cand in [r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]] {
+                            best = if takes(best, cand) { cand } else { best };
+                        }
+                        *v = best;
+                    }
+                }
+                Some(ptr) => {
+                    // SAFETY: the task for `plane` writes only that plane's output row `oy` of
+                    // the indices, which has the output's layout: disjoint between tasks.
+                    let irow = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(plane * out_len + oy * ow), ow) };
+                    let base = (2 * oy * iw) as i64;
+                    for ox in 0..ow {
+                        let c = 2 * ox;
+                        let (mut best, mut at) = (r0[c], c as i64);
+                        for (cand, pos) in [(r0[c + 1], c + 1), (r1[c], iw + c), (r1[c + 1], iw + c + 1)] {
+                            if takes(best, cand) {
+                                best = cand;
+                                at = pos as i64;
+                            }
+                        }
+                        orow[ox] = best;
+                        irow[ox] = base + at;
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// A fold operand: values, their positions (empty without indices) and an offset to add to
 /// the positions.
 type Src<'a, T> = (&'a [T], &'a [i32], i32);
@@ -255,6 +321,9 @@ multiversion!(pub(super) fn forward_task[T: Real, const IDX: bool][T, IDX](plan:
 
 /// Max pooling forward of every plane. With `idx`, also the flat position of each maximum.
 pub(super) fn forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], idx: Option<&mut [i64]>) {
+    if is_pair_pool(geo) {
+        return forward_pairs(geo, x, out, idx);
+    }
     let plan = MaxPlan::new(geo);
     let (in_len, out_len, wo) = (geo.input_len(), geo.output_len(), plan.wo);
     let rows = geo.output[0] * plan.ho;
