@@ -3,6 +3,8 @@
 import re
 
 import numpy as np
+from hypothesis import assume
+from hypothesis import strategies as st
 
 DTYPES = (np.float32, np.float64)
 
@@ -81,3 +83,91 @@ def mentions_shape(message, shape):
     nums = ints_in(message)
     shape = list(shape)
     return any(nums[i : i + len(shape)] == shape for i in range(len(nums) - len(shape) + 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# hypothesis drawing shared by the forward and backward tests
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
+def maybe_int(draw, values):
+    """A tuple, or (when all entries agree, sometimes) the plain int."""
+    if len(set(values)) == 1 and draw(st.booleans()):
+        return values[0]
+    return tuple(values)
+
+
+def draw_conv_geometry(draw, nd, *, max_channels, max_kernel, max_dilation, max_spatial, max_group_width=None):
+    """Channels, groups (single, grouped or depthwise), kernel, dilation, stride, padding (int,
+    tuple, "valid" or "same") and padding mode of a valid nd-convolution, with a spatial size
+    its padding mode can serve. Stride and dilation come back as tuples. Grouped convolutions
+    have up to ``max_group_width`` input channels per group (default: max_channels // groups)."""
+    import reference as ref
+
+    group_kind = draw(st.sampled_from(["single", "grouped", "depthwise"]))
+    if group_kind == "single":
+        groups = 1
+        c_in = draw(st.integers(1, max_channels))
+        c_out = draw(st.integers(1, max_channels))
+    elif group_kind == "grouped":
+        groups = draw(st.integers(2, 3))
+        width = max_channels // groups if max_group_width is None else max_group_width
+        c_in = groups * draw(st.integers(1, width))
+        c_out = groups * draw(st.integers(1, 2))
+    else:  # depthwise: groups == C, channel multiplier 1 or 2
+        c_in = draw(st.integers(1, max_channels))
+        groups = c_in
+        c_out = c_in * draw(st.integers(1, 2))
+
+    kernel = tuple(draw(st.integers(1, max_kernel)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, max_dilation)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    padding_mode = draw(st.sampled_from(PADDING_MODES))
+    padding_kind = draw(st.sampled_from(["int", "tuple", "valid", "same"]))
+    if padding_kind == "int":
+        pads = (draw(st.integers(0, 2)),) * nd
+        padding = pads[0]
+    elif padding_kind == "tuple":
+        pads = tuple(draw(st.integers(0, 2)) for _ in range(nd))
+        padding = pads
+    elif padding_kind == "valid":
+        pads = (0,) * nd
+        padding = "valid"
+    else:
+        pads = None
+        padding = "same"
+
+    spatial = []
+    for i in range(nd):
+        extent = dilation[i] * (kernel[i] - 1) + 1
+        if pads is not None:
+            lo = max(1, extent - 2 * pads[i])
+            if padding_mode == "reflect":
+                lo = max(lo, pads[i] + 1)
+            elif padding_mode == "circular":
+                lo = max(lo, pads[i])
+        else:
+            lo = 1
+            if padding_mode in ("reflect", "circular") and stride[i] == 1:
+                hi_pad = ref.same_padding(1, kernel[i], 1, dilation[i])[1]
+                lo = hi_pad + 1 if padding_mode == "reflect" else max(1, hi_pad)
+        spatial.append(draw(st.integers(lo, max(lo, max_spatial))))
+    if padding == "same" and padding_mode in ("reflect", "circular"):
+        # with stride > 1 the 'same' padding depends on the size: keep the mode's constraint
+        for size, (plo, phi) in zip(spatial, ref.conv_pads(spatial, kernel, stride, dilation, "same")):
+            if padding_mode == "reflect":
+                assume(plo < size and phi < size)
+            else:
+                assume(plo <= size and phi <= size)
+    return dict(
+        c_in=c_in,
+        c_out=c_out,
+        groups=groups,
+        kernel=kernel,
+        dilation=dilation,
+        stride=stride,
+        padding=padding,
+        padding_mode=padding_mode,
+        spatial=tuple(spatial),
+    )

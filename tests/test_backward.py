@@ -24,13 +24,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import reference as ref
-from helpers import DTYPES, assert_close
+from helpers import DTYPES, PADDING_MODES, assert_close, draw_conv_geometry, maybe_int
 
 EPS = 1e-6  # central-difference step
 FD_TOL = 1e-6  # relative + absolute tolerance of the finite-difference comparison
 FD_COORDS = 40  # at most this many coordinates of each array are checked by finite differences
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 NP_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
 CONV_OPS = ("conv1d", "conv2d", "conv3d")
@@ -81,13 +80,6 @@ class Problem:
             got = (got,)
         assert len(got) == len(self.diff), f"{self.name}: {len(got)} results, expected {self.diff}"
         return got
-
-
-def maybe_int(draw, values):
-    """A tuple, or (when all entries agree, sometimes) the plain int."""
-    if len(set(values)) == 1 and draw(st.booleans()):
-        return values[0]
-    return tuple(values)
 
 
 def pick_coords(size, rng, limit=FD_COORDS):
@@ -341,57 +333,12 @@ POOL_MAX_DILATION = {1: 3, 2: 2, 3: 2}
 
 @st.composite
 def conv_problems(draw, nd):
-    group_kind = draw(st.sampled_from(["single", "grouped", "depthwise"]))
-    max_c = CONV_MAX_CHANNELS[nd]
-    if group_kind == "single":
-        groups = 1
-        c_in = draw(st.integers(1, max_c))
-        c_out = draw(st.integers(1, max_c))
-    elif group_kind == "grouped":
-        groups = draw(st.integers(2, 3))
-        c_in = groups * draw(st.integers(1, 2))
-        c_out = groups * draw(st.integers(1, 2))
-    else:  # depthwise, channel multiplier 1 or 2
-        c_in = draw(st.integers(1, max_c))
-        groups = c_in
-        c_out = c_in * draw(st.integers(1, 2))
-
-    kernel = tuple(draw(st.integers(1, CONV_MAX_KERNEL[nd])) for _ in range(nd))
-    dilation = tuple(draw(st.integers(1, 2)) for _ in range(nd))
-    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
-    padding_mode = draw(st.sampled_from(PADDING_MODES))
-    padding_kind = draw(st.sampled_from(["int", "tuple", "valid", "same"]))
-    if padding_kind == "int":
-        pads = (draw(st.integers(0, 2)),) * nd
-        padding = pads[0]
-    elif padding_kind == "tuple":
-        pads = tuple(draw(st.integers(0, 2)) for _ in range(nd))
-        padding = pads
-    elif padding_kind == "valid":
-        pads = (0,) * nd
-        padding = "valid"
-    else:
-        pads = None
-        padding = "same"
-
-    spatial = []
-    for i in range(nd):
-        extent = dilation[i] * (kernel[i] - 1) + 1
-        if pads is not None:
-            lo = max(1, extent - 2 * pads[i])
-            if padding_mode == "reflect":
-                lo = max(lo, pads[i] + 1)
-            elif padding_mode == "circular":
-                lo = max(lo, pads[i])
-        else:
-            lo = 1
-        spatial.append(draw(st.integers(lo, max(lo, CONV_MAX_SPATIAL[nd]))))
-    if padding == "same" and padding_mode in ("reflect", "circular"):
-        for size, (plo, phi) in zip(spatial, ref.conv_pads(spatial, kernel, stride, dilation, "same")):
-            if padding_mode == "reflect":
-                assume(plo < size and phi < size)
-            else:
-                assume(plo <= size and phi <= size)
+    g = draw_conv_geometry(
+        draw, nd, max_channels=CONV_MAX_CHANNELS[nd], max_kernel=CONV_MAX_KERNEL[nd], max_dilation=2,
+        max_spatial=CONV_MAX_SPATIAL[nd], max_group_width=2,
+    )
+    c_in, c_out, groups, kernel, spatial = g["c_in"], g["c_out"], g["groups"], g["kernel"], list(g["spatial"])
+    stride, dilation, padding, padding_mode = g["stride"], g["dilation"], g["padding"], g["padding_mode"]
 
     n = draw(st.integers(1, 2))
     seed = draw(st.integers(0, 2**32 - 1))

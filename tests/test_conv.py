@@ -7,85 +7,26 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import reference as ref
-from helpers import DTYPES, LAYOUTS, assert_close, with_layout
+from helpers import DTYPES, LAYOUTS, PADDING_MODES, assert_close, draw_conv_geometry, maybe_int, with_layout
 
 MAX_SPATIAL = {1: 16, 2: 9, 3: 5}
 MAX_KERNEL = {1: 5, 2: 3, 3: 3}
 MAX_DILATION = {1: 3, 2: 2, 3: 2}
 MAX_CHANNELS = {1: 6, 2: 6, 3: 4}
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
 
 def conv_fn(nd):
     return getattr(rconv, f"conv{nd}d")
 
 
-def maybe_int(draw, values):
-    """Pass a tuple, or (when all entries agree, sometimes) the plain int."""
-    if len(set(values)) == 1 and draw(st.booleans()):
-        return values[0]
-    return tuple(values)
-
-
 @st.composite
 def conv_cases(draw, nd):
-    group_kind = draw(st.sampled_from(["single", "grouped", "depthwise"]))
-    max_c = MAX_CHANNELS[nd]
-    if group_kind == "single":
-        groups = 1
-        c_in = draw(st.integers(1, max_c))
-        c_out = draw(st.integers(1, max_c))
-    elif group_kind == "grouped":
-        groups = draw(st.integers(2, 3))
-        c_in = groups * draw(st.integers(1, max_c // groups))
-        c_out = groups * draw(st.integers(1, 2))
-    else:  # depthwise: groups == C, channel multiplier 1 or 2
-        c_in = draw(st.integers(1, max_c))
-        groups = c_in
-        c_out = c_in * draw(st.integers(1, 2))
-
-    kernel = tuple(draw(st.integers(1, MAX_KERNEL[nd])) for _ in range(nd))
-    dilation = tuple(draw(st.integers(1, MAX_DILATION[nd])) for _ in range(nd))
-    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
-    padding_mode = draw(st.sampled_from(PADDING_MODES))
-    padding_kind = draw(st.sampled_from(["int", "tuple", "valid", "same"]))
-    if padding_kind == "int":
-        pads = (draw(st.integers(0, 2)),) * nd
-        padding = pads[0]
-    elif padding_kind == "tuple":
-        pads = tuple(draw(st.integers(0, 2)) for _ in range(nd))
-        padding = pads
-    elif padding_kind == "valid":
-        pads = (0,) * nd
-        padding = "valid"
-    else:
-        pads = None
-        padding = "same"
-
-    spatial = []
-    for i in range(nd):
-        extent = dilation[i] * (kernel[i] - 1) + 1
-        if pads is not None:
-            lo = max(1, extent - 2 * pads[i])
-            if padding_mode == "reflect":
-                lo = max(lo, pads[i] + 1)
-            elif padding_mode == "circular":
-                lo = max(lo, pads[i])
-        else:
-            lo = 1
-            if padding_mode in ("reflect", "circular") and stride[i] == 1:
-                hi_pad = ref.same_padding(1, kernel[i], 1, dilation[i])[1]
-                lo = hi_pad + 1 if padding_mode == "reflect" else max(1, hi_pad)
-        spatial.append(draw(st.integers(lo, MAX_SPATIAL[nd])))
-    if padding == "same" and padding_mode in ("reflect", "circular"):
-        # with stride > 1 the 'same' padding depends on the size: keep the mode's constraint
-        for L, (plo, phi) in zip(
-            spatial, ref.conv_pads(spatial, kernel, stride, dilation, "same")
-        ):
-            if padding_mode == "reflect":
-                assume(plo < L and phi < L)
-            else:
-                assume(plo <= L and phi <= L)
+    g = draw_conv_geometry(
+        draw, nd, max_channels=MAX_CHANNELS[nd], max_kernel=MAX_KERNEL[nd], max_dilation=MAX_DILATION[nd],
+        max_spatial=MAX_SPATIAL[nd],
+    )
+    c_in, c_out, groups, kernel, spatial = g["c_in"], g["c_out"], g["groups"], g["kernel"], g["spatial"]
+    stride, dilation, padding, padding_mode = g["stride"], g["dilation"], g["padding"], g["padding_mode"]
 
     return dict(
         nd=nd,

@@ -7,18 +7,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import reference as ref
-from helpers import DTYPES, LAYOUTS, assert_close, with_layout
+from helpers import DTYPES, LAYOUTS, assert_close, maybe_int, with_layout
 
 MAX_SPATIAL = {1: 16, 2: 9, 3: 5}
 MAX_KERNEL = {1: 4, 2: 3, 3: 3}
 MAX_DILATION = {1: 3, 2: 2, 3: 2}
 MAX_CHANNELS = {1: 6, 2: 6, 3: 4}
-
-
-def maybe_int(draw, values):
-    if len(set(values)) == 1 and draw(st.booleans()):
-        return values[0]
-    return tuple(values)
 
 
 @st.composite
