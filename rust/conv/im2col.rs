@@ -345,7 +345,8 @@ pub(crate) fn backward_input<T: Real>(dy: &[T], w: &[T], geo: &ConvGeometry, dx:
     let (cg, kg, kvol) = (geo.c_in_per_group(), geo.c_out_per_group(), geo.kernel_volume());
     let rows = cg * kvol;
     let (in_len, out_len) = (geo.input_len(), geo.output_len());
-    let (cb, blocks) = channel_blocks(cg);
+    // With enough samples to share out, whole groups make taller GEMMs than channel blocks.
+    let (cb, blocks) = if geo.n >= MIN_CHUNKS_WHOLE_GROUPS { (cg, 1) } else { channel_blocks(cg) };
     let tile = tile_cols(cb * kvol, out_len);
     let tiles = out_len.div_ceil(tile);
     let dx_ptr = SendPtr(dx.as_mut_ptr());
@@ -384,6 +385,9 @@ pub(crate) fn backward_input<T: Real>(dy: &[T], w: &[T], geo: &ConvGeometry, dx:
 /// Most sample chunks the weight gradient is split into (each sums its samples into its own
 /// partial gradient; the partials are then added in chunk order).
 const MAX_SAMPLE_CHUNKS: usize = 8;
+/// Samples (for the input gradient) or sample chunks (for the weight gradient) from which a
+/// group is no longer split into channel blocks: the samples give the threads enough tasks.
+const MIN_CHUNKS_WHOLE_GROUPS: usize = 4;
 /// Cap on the elements of all partial weight gradients together (16 MiB of f32).
 const PARTIALS_ELEMS: usize = 1 << 22;
 
@@ -402,11 +406,12 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
     let (cg, kg, kvol) = (geo.c_in_per_group(), geo.c_out_per_group(), geo.kernel_volume());
     let rows = cg * kvol;
     let (in_len, out_len) = (geo.input_len(), geo.output_len());
-    let (cb, blocks) = channel_blocks(cg);
+    let chunks = sample_chunks(geo.n, dw.len());
+    // With enough sample chunks to share out, whole groups make wider GEMMs than channel blocks.
+    let (cb, blocks) = if chunks >= MIN_CHUNKS_WHOLE_GROUPS { (cg, 1) } else { channel_blocks(cg) };
     let tile = tile_cols(cb * kvol, out_len);
     let tiles = out_len.div_ceil(tile);
     let pointwise = kvol == 1 && geo.stride == [1; 3] && !geo.has_padding();
-    let chunks = sample_chunks(geo.n, dw.len());
     let mut partials = if chunks > 1 { vec![T::zero(); chunks * dw.len()] } else { Vec::new() };
     let wlen = dw.len();
     let dst_ptr = SendPtr(if chunks > 1 { partials.as_mut_ptr() } else { dw.as_mut_ptr() });
