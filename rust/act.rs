@@ -1,7 +1,7 @@
 //! Element-wise and row-wise activations: ReLU, softmax, log-softmax, and softmax cross-entropy.
 
 use crate::element::{standard, zeros, zeros_vec, Real};
-use crate::error::{shape_str, Error, Result};
+use crate::error::{check_grad_output, shape_str, Error, Result};
 use crate::parallel;
 use ndarray::{ArrayD, ArrayView1, ArrayViewD, Axis};
 
@@ -25,16 +25,7 @@ pub fn relu<T: Real>(input: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
 
 /// ReLU backward: `grad_output` where `input > 0`, else 0. Both of one shape.
 pub fn relu_backward<T: Real>(grad_output: ArrayViewD<'_, T>, input: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
-    if grad_output.shape() != input.shape() {
-        return Err(Error::invalid(
-            "grad_output",
-            format!(
-                "grad_output must have the input's shape {}, got {}",
-                shape_str(input.shape()),
-                shape_str(grad_output.shape())
-            ),
-        ));
-    }
+    check_grad_output(grad_output.shape(), input.shape(), input.shape())?;
     let (g, x) = (standard(grad_output, "grad_output copy")?, standard(input, "input copy")?);
     let mut out = zeros::<T>(x.shape(), "grad_input")?;
     let (g, x) = (g.as_slice().expect("standard layout"), x.as_slice().expect("standard layout"));

@@ -61,6 +61,24 @@ pub(crate) fn shape_str(shape: &[usize]) -> String {
     }
 }
 
+/// Checks that a backward's `grad_output` has the shape its forward returned; the error names
+/// `grad_output` and shows the expected shape and the forward's input shape.
+pub(crate) fn check_grad_output(shape: &[usize], expected: &[usize], input: &[usize]) -> Result<()> {
+    if shape == expected {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "grad_output",
+            format!(
+                "grad_output must have the forward output's shape {} for input {}, got {}",
+                shape_str(expected),
+                shape_str(input),
+                shape_str(shape)
+            ),
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Fully connected layers: `y = x W^T + b`.
 
 use crate::element::{standard, zeros, Real, SendPtr};
-use crate::error::{shape_str, Error, Result};
+use crate::error::{check_grad_output, shape_str, Error, Result};
 use crate::parallel;
 use ndarray::{ArrayD, ArrayViewD};
 
@@ -9,6 +9,26 @@ use ndarray::{ArrayD, ArrayViewD};
 const ROW_BLOCK: usize = 64;
 /// Output features per parallel task (a block of W^T that stays in cache).
 const COL_BLOCK: usize = 256;
+
+/// Validates `input (*, in_features)` against `weight (out_features, in_features)` and returns
+/// `(out_features, in_features, output shape (*, out_features))`.
+fn shapes(input: &[usize], weight: &[usize]) -> Result<(usize, usize, Vec<usize>)> {
+    let &[out_f, in_f] = weight else {
+        return Err(Error::invalid(
+            "weight",
+            format!("weight must have shape (out_features, in_features), got {}", shape_str(weight)),
+        ));
+    };
+    if input.last() != Some(&in_f) {
+        return Err(Error::invalid(
+            "input",
+            format!("input of shape {} must end in in_features = {in_f} to match weight {}", shape_str(input), shape_str(weight)),
+        ));
+    }
+    let mut out_shape = input.to_vec();
+    *out_shape.last_mut().expect("input has a last dimension") = out_f;
+    Ok((out_f, in_f, out_shape))
+}
 
 /// Linear layer forward (PyTorch's `linear`).
 ///
@@ -20,22 +40,7 @@ pub fn linear_forward<T: Real>(
     bias: Option<ArrayViewD<'_, T>>,
 ) -> Result<ArrayD<T>> {
     let shape = input.shape().to_vec();
-    let &[out_f, in_f] = weight.shape() else {
-        return Err(Error::invalid(
-            "weight",
-            format!("weight must have shape (out_features, in_features), got {}", shape_str(weight.shape())),
-        ));
-    };
-    if shape.last() != Some(&in_f) {
-        return Err(Error::invalid(
-            "input",
-            format!(
-                "input of shape {} must end in in_features = {in_f} to match weight {}",
-                shape_str(&shape),
-                shape_str(weight.shape())
-            ),
-        ));
-    }
+    let (out_f, in_f, out_shape) = shapes(&shape, weight.shape())?;
     if let Some(b) = &bias {
         if b.shape() != [out_f] {
             return Err(Error::invalid(
@@ -44,8 +49,6 @@ pub fn linear_forward<T: Real>(
             ));
         }
     }
-    let mut out_shape = shape.clone();
-    *out_shape.last_mut().expect("input has a last dimension") = out_f;
     let mut out = zeros::<T>(&out_shape, "output")?;
     let rows = shape[..shape.len() - 1].iter().product::<usize>();
     if out.is_empty() {
@@ -99,27 +102,9 @@ pub fn linear_backward<T: Real>(
     input: ArrayViewD<'_, T>,
     weight: ArrayViewD<'_, T>,
 ) -> Result<(ArrayD<T>, ArrayD<T>, ArrayD<T>)> {
-    let &[out_f, in_f] = weight.shape() else {
-        return Err(Error::invalid(
-            "weight",
-            format!("weight must have shape (out_features, in_features), got {}", shape_str(weight.shape())),
-        ));
-    };
     let shape = input.shape().to_vec();
-    if shape.last() != Some(&in_f) {
-        return Err(Error::invalid(
-            "input",
-            format!("input of shape {} must end in in_features = {in_f} to match weight {}", shape_str(&shape), shape_str(weight.shape())),
-        ));
-    }
-    let mut expected = shape.clone();
-    *expected.last_mut().expect("non-empty") = out_f;
-    if grad_output.shape() != expected.as_slice() {
-        return Err(Error::invalid(
-            "grad_output",
-            format!("grad_output must have the forward output's shape {}, got {}", shape_str(&expected), shape_str(grad_output.shape())),
-        ));
-    }
+    let (out_f, in_f, expected) = shapes(&shape, weight.shape())?;
+    check_grad_output(grad_output.shape(), &expected, &shape)?;
     let rows: usize = shape[..shape.len() - 1].iter().product();
     let mut grad_input = zeros::<T>(&shape, "grad_input")?;
     let mut grad_weight = zeros::<T>(&[out_f, in_f], "grad_weight")?;

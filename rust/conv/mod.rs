@@ -75,7 +75,7 @@ impl Strategy {
 }
 
 use crate::element::{standard, zeros, Real};
-use crate::error::{shape_str, Error, Result};
+use crate::error::{check_grad_output, shape_str, Error, Result};
 use crate::params::{ConvGeometry, ConvParams, PaddingMode};
 use crate::parallel;
 use ndarray::{ArrayD, ArrayViewD};
@@ -139,7 +139,7 @@ pub fn conv_backward_input<T: Real>(
     params: &ConvParams,
 ) -> Result<ArrayD<T>> {
     let geo = params.geometry(input_shape, weight.shape())?;
-    check_grad_output(grad_output.shape(), &geo)?;
+    check_grad_output(grad_output.shape(), &geo.output_shape(), &geo.input_shape())?;
     let mut grad_input = zeros::<T>(input_shape, "grad_input")?;
     if grad_input.is_empty() {
         return Ok(grad_input);
@@ -172,7 +172,7 @@ pub fn conv_backward_weight<T: Real>(
     params: &ConvParams,
 ) -> Result<(ArrayD<T>, ArrayD<T>)> {
     let geo = params.geometry(input.shape(), weight_shape)?;
-    check_grad_output(grad_output.shape(), &geo)?;
+    check_grad_output(grad_output.shape(), &geo.output_shape(), &geo.input_shape())?;
     let mut grad_weight = zeros::<T>(weight_shape, "grad_weight")?;
     let mut grad_bias = zeros::<T>(&[geo.c_out], "grad_bias")?;
     if geo.n == 0 || grad_weight.is_empty() {
@@ -195,24 +195,6 @@ pub fn conv_backward_weight<T: Real>(
         Ok(())
     })?;
     Ok((grad_weight, grad_bias))
-}
-
-fn check_grad_output(shape: &[usize], geo: &ConvGeometry) -> Result<()> {
-    let expected = geo.output_shape();
-    if shape == expected.as_slice() {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "grad_output",
-            format!(
-                "grad_output must have the forward output's shape {} (input {}, weight {}), got {}",
-                shape_str(&expected),
-                shape_str(&geo.input_shape()),
-                shape_str(&geo.weight_shape()),
-                shape_str(shape)
-            ),
-        ))
-    }
 }
 
 fn check_bias(shape: &[usize], geo: &ConvGeometry) -> Result<()> {

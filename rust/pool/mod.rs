@@ -21,7 +21,7 @@ mod simd;
 mod windows;
 
 use crate::element::{standard, zeros, zeros_vec as zeroed, Real};
-use crate::error::{shape_str, Error, Result};
+use crate::error::{check_grad_output, shape_str, Error, Result};
 use crate::params::{adaptive_geometry, PoolGeometry, PoolParams};
 use ndarray::{ArrayD, ArrayViewD};
 
@@ -226,22 +226,6 @@ fn geometry(input: &[usize], params: &PoolParams) -> Result<PoolGeometry> {
         ));
     }
     Ok(geo)
-}
-
-fn check_grad_output(shape: &[usize], expected: &[usize], input: &[usize]) -> Result<()> {
-    if shape == expected {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            "grad_output",
-            format!(
-                "grad_output must have the forward output's shape {} for input {}, got {}",
-                shape_str(expected),
-                shape_str(input),
-                shape_str(shape)
-            ),
-        ))
-    }
 }
 
 #[cfg(test)]
