@@ -77,7 +77,6 @@ impl Strategy {
 use crate::element::{standard, zeros, Real};
 use crate::error::{check_grad_output, shape_str, Error, Result};
 use crate::params::{ConvGeometry, ConvParams, PaddingMode};
-use crate::parallel;
 use ndarray::{ArrayD, ArrayViewD};
 
 /// Convolution forward (PyTorch's `conv1d/2d/3d`, a cross-correlation).
@@ -105,7 +104,8 @@ pub fn conv_forward<T: Real>(
     let x = input.as_slice().expect("standard layout");
     let w = weight.as_slice().expect("standard layout");
     let dst = out.as_slice_mut().expect("fresh array");
-    parallel::install(|| -> Result<()> {
+    // Every kernel splits its own work (parallel::for_each*), and small calls stay on this thread.
+    {
         if params.padding_mode != PaddingMode::Zeros && geo.has_padding() {
             let padded = pad::pad_input(x, &geo, params.padding_mode)?;
             let geo = geo.with_padding_applied();
@@ -113,8 +113,7 @@ pub fn conv_forward<T: Real>(
         } else {
             Strategy::choose(&geo).forward(x, w, bias.as_deref(), &geo, dst);
         }
-        Ok(())
-    })?;
+    }
     Ok(out)
 }
 
@@ -148,7 +147,8 @@ pub fn conv_backward_input<T: Real>(
     let w = standard(weight, "weight copy")?;
     let (dy, w) = (dy.as_slice().expect("standard layout"), w.as_slice().expect("standard layout"));
     let dx = grad_input.as_slice_mut().expect("fresh array");
-    parallel::install(|| -> Result<()> {
+    // Every kernel splits its own work (parallel::for_each*), and small calls stay on this thread.
+    {
         if params.padding_mode != PaddingMode::Zeros && geo.has_padding() {
             let padded = geo.with_padding_applied();
             let len = crate::element::checked_len::<T>(&padded.input_shape(), "padded grad_input")?;
@@ -158,8 +158,7 @@ pub fn conv_backward_input<T: Real>(
         } else {
             Strategy::choose(&geo).backward_input(dy, w, &geo, dx);
         }
-        Ok(())
-    })?;
+    }
     Ok(grad_input)
 }
 
@@ -183,7 +182,8 @@ pub fn conv_backward_weight<T: Real>(
     let (dy, x) = (dy.as_slice().expect("standard layout"), x.as_slice().expect("standard layout"));
     let dw = grad_weight.as_slice_mut().expect("fresh array");
     let db = grad_bias.as_slice_mut().expect("fresh array");
-    parallel::install(|| -> Result<()> {
+    // Every kernel splits its own work (parallel::for_each*), and small calls stay on this thread.
+    {
         if params.padding_mode != PaddingMode::Zeros && geo.has_padding() {
             let padded = pad::pad_input(x, &geo, params.padding_mode)?;
             let geo = geo.with_padding_applied();
@@ -192,8 +192,7 @@ pub fn conv_backward_weight<T: Real>(
             Strategy::choose(&geo).backward_weight(x, dy, &geo, dw);
         }
         im2col::backward_bias(dy, &geo, db);
-        Ok(())
-    })?;
+    }
     Ok((grad_weight, grad_bias))
 }
 

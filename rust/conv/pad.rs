@@ -4,7 +4,7 @@
 use crate::element::{zeros_vec, Real};
 use crate::error::Result;
 use crate::params::{ConvGeometry, PaddingMode, MAX_DIMS};
-use rayon::prelude::*;
+use crate::parallel;
 
 /// The source index that padded position `i` (which may lie in the border, `-lo <= i < n + hi`)
 /// reads from, for an input dimension of size `n`. Geometry validation guarantees the border
@@ -37,7 +37,9 @@ pub(crate) fn pad_input<T: Real>(input: &[T], geo: &ConvGeometry, mode: PaddingM
     let maps = source_maps(geo, &padded, mode);
     let [_, h, w] = geo.input;
     if plane_out > 0 {
-        out.par_chunks_mut(plane_out).zip(input.par_chunks(plane_in.max(1))).for_each(|(dst, src)| {
+        let work = out.len();
+        parallel::for_each_chunk(&mut out, plane_out, work, |plane, dst| {
+            let src = &input[plane * plane_in..][..plane_in];
             let mut o = 0;
             for &z in &maps[0] {
                 for &y in &maps[1] {
@@ -64,7 +66,8 @@ pub(crate) fn fold_padding<T: Real>(dxp: &[T], geo: &ConvGeometry, mode: Padding
     if plane_in == 0 {
         return;
     }
-    dx.par_chunks_mut(plane_in).zip(dxp.par_chunks(plane_out)).for_each(|(dst, src)| {
+    parallel::for_each_chunk(dx, plane_in, dxp.len(), |plane, dst| {
+        let src = &dxp[plane * plane_out..][..plane_out];
         let mut o = 0;
         for &z in &maps[0] {
             for &y in &maps[1] {
