@@ -9,22 +9,14 @@
 //! The backward spreads `grad / divisor` over each window, output rows in order and, within a
 //! row, column taps from last to first so each element still receives its outputs in order.
 
-use super::plan::{row_span, rows_per_task, Axis, Columns, RowCache};
+use super::plan::{for_each_block, row_span, rows_per_task, window_work, RowCache, RowPlan};
 use super::simd::{level, multiversion};
 use crate::element::Real;
 use crate::params::{adaptive_window, PoolGeometry};
-use crate::parallel;
-use rayon::prelude::*;
 
 /// The geometry of an average pool as the row kernels see it.
 pub(super) struct AvgPlan {
-    az: Axis,
-    ay: Axis,
-    cols: Columns,
-    h: usize,
-    w: usize,
-    ho: usize,
-    wo: usize,
+    rows: RowPlan,
     count_include_pad: bool,
     /// Per output column: its factor of the divisor.
     cx: Vec<usize>,
@@ -32,7 +24,8 @@ pub(super) struct AvgPlan {
 
 impl AvgPlan {
     pub fn new(geo: &PoolGeometry, count_include_pad: bool) -> AvgPlan {
-        let ax = Axis::of(geo, 2);
+        let rows = RowPlan::new(geo);
+        let ax = rows.cols.axis;
         let cx = (0..ax.out)
             .map(|o| {
                 if count_include_pad {
@@ -43,26 +36,16 @@ impl AvgPlan {
                 }
             })
             .collect();
-        AvgPlan {
-            az: Axis::of(geo, 0),
-            ay: Axis::of(geo, 1),
-            cols: Columns::new(ax),
-            h: geo.input[1],
-            w: geo.input[2],
-            ho: geo.output[1],
-            wo: geo.output[2],
-            count_include_pad,
-            cx,
-        }
+        AvgPlan { rows, count_include_pad, cx }
     }
 
     /// The z * y factor of the divisor of output row `(oz, oy)`.
     fn czy(&self, oz: usize, oy: usize) -> usize {
         if self.count_include_pad {
             // Saturating, as the generic loops: huge paddings can overflow the product.
-            self.az.padded_len(oz).saturating_mul(self.ay.padded_len(oy))
+            self.rows.az.padded_len(oz).saturating_mul(self.rows.ay.padded_len(oy))
         } else {
-            let ((lz, hz), (ly, hy)) = (self.az.taps(oz), self.ay.taps(oy));
+            let ((lz, hz), (ly, hy)) = (self.rows.az.taps(oz), self.rows.ay.taps(oy));
             (hz - lz) * (hy - ly)
         }
     }
@@ -102,20 +85,20 @@ fn add_into<T: Real>(acc: &mut [T], v: &[T]) {
 /// Output rows `r0..` of one plane into `out` (whole rows).
 #[inline(always)]
 fn forward_rows<T: Real>(plan: &AvgPlan, x: &[T], r0: usize, out: &mut [T]) {
-    let (w, wo, cols) = (plan.w, plan.wo, &plan.cols);
+    let (w, wo, cols) = (plan.rows.w, plan.rows.wo, &plan.rows.cols);
     // Cached split rows; their padding positions stay +0.0.
-    let mut cache = RowCache::<T>::new(if cols.direct { 0 } else { cols.s * cols.plen }, false, plan.az.rows_mod(), plan.ay.rows_mod());
+    let mut cache = RowCache::<T>::new(if cols.direct { 0 } else { cols.s * cols.plen }, false, plan.rows.az.rows_mod(), plan.rows.ay.rows_mod());
     let mut div = Divisors::new(wo);
     for (i, acc) in out.chunks_exact_mut(wo).enumerate() {
         let r = r0 + i;
-        let (oz, oy) = (r / plan.ho, r % plan.ho);
-        let ((lz, hz), (ly, hy)) = (plan.az.taps(oz), plan.ay.taps(oy));
+        let (oz, oy) = (r / plan.rows.ho, r % plan.rows.ho);
+        let ((lz, hz), (ly, hy)) = (plan.rows.az.taps(oz), plan.rows.ay.taps(oy));
         acc.fill(T::zero());
         for kz in lz..hz {
-            let z = plan.az.pos(oz, kz);
+            let z = plan.rows.az.pos(oz, kz);
             for ky in ly..hy {
-                let y = plan.ay.pos(oy, ky);
-                let flat = z * plan.h + y;
+                let y = plan.rows.ay.pos(oy, ky);
+                let flat = z * plan.rows.h + y;
                 let row = &x[flat * w..][..w];
                 let src: &[T] = if cols.direct {
                     row
@@ -142,15 +125,12 @@ multiversion!(fn forward_task[T: Real][T](plan: &AvgPlan, x: &[T], r0: usize, ou
 /// Average pooling forward of every plane.
 pub(super) fn forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], count_include_pad: bool) {
     let plan = AvgPlan::new(geo, count_include_pad);
-    let (in_len, out_len, wo) = (geo.input_len(), geo.output_len(), plan.wo);
-    let rows = geo.output[0] * plan.ho;
-    let rpt = rows_per_task(geo.n * geo.c, rows, plan.w.saturating_mul(plan.az.rows_mod() * plan.ay.rows_mod()), 1);
-    let level = level();
-    let plan = &plan;
-    parallel::install(|| {
-        out.par_chunks_mut(out_len).zip(x.par_chunks(in_len)).for_each(|(o_plane, x_plane)| {
-            o_plane.par_chunks_mut(rpt * wo).enumerate().for_each(|(b, o)| forward_task::<T>(level, plan, x_plane, b * rpt, o))
-        })
+    let (in_len, out_len, wo) = (geo.input_len(), geo.output_len(), plan.rows.wo);
+    let rpt = plan.rows.forward_rows_per_task(geo.n * geo.c);
+    let work = window_work(geo, out.len());
+    let (level, plan) = (level(), &plan);
+    for_each_block(out, None, out_len, rpt * wo, work, |plane, b, o, _| {
+        forward_task::<T>(level, plan, &x[plane * in_len..][..in_len], b * rpt, o)
     });
 }
 
@@ -161,25 +141,25 @@ pub(super) fn forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], count
 /// and merges them back into `dx` at the end.
 #[inline(always)]
 fn backward_rows<T: Real>(plan: &AvgPlan, dy: &[T], a: usize, dx: &mut [T]) {
-    let (w, wo, cols) = (plan.w, plan.wo, &plan.cols);
+    let (w, wo, cols) = (plan.rows.w, plan.rows.wo, &plan.rows.cols);
     let b = a + dx.len() / w;
-    let ((z0, z1), (y0, y1)) = row_span(a, b, plan.h);
+    let ((z0, z1), (y0, y1)) = row_span(a, b, plan.rows.h);
     let span = cols.s * cols.plen;
     let mut acc = vec![T::zero(); (b - a) * span];
     let mut div = Divisors::new(wo);
     let mut share = vec![T::zero(); wo];
-    for oz in plan.az.touching(z0, z1) {
-        for oy in plan.ay.touching(y0, y1) {
-            let r = oz * plan.ho + oy;
-            let ((lz, hz), (ly, hy)) = (plan.az.taps(oz), plan.ay.taps(oy));
+    for oz in plan.rows.az.touching(z0, z1) {
+        for oy in plan.rows.ay.touching(y0, y1) {
+            let r = oz * plan.rows.ho + oy;
+            let ((lz, hz), (ly, hy)) = (plan.rows.az.taps(oz), plan.rows.ay.taps(oy));
             let divs = div.of(plan.czy(oz, oy), &plan.cx);
             for ((s, &g), &d) in share.iter_mut().zip(&dy[r * wo..][..wo]).zip(divs) {
                 *s = g / d;
             }
             for kz in lz..hz {
-                let z = plan.az.pos(oz, kz);
+                let z = plan.rows.az.pos(oz, kz);
                 for ky in ly..hy {
-                    let flat = z * plan.h + plan.ay.pos(oy, ky);
+                    let flat = z * plan.rows.h + plan.rows.ay.pos(oy, ky);
                     if flat < a || flat >= b {
                         continue;
                     }
@@ -202,16 +182,12 @@ multiversion!(fn backward_task[T: Real][T](plan: &AvgPlan, dy: &[T], a: usize, d
 /// Average pooling backward; `dx` must be zero on entry.
 pub(super) fn backward<T: Real>(geo: &PoolGeometry, dy: &[T], dx: &mut [T], count_include_pad: bool) {
     let plan = AvgPlan::new(geo, count_include_pad);
-    let (in_len, out_len, w) = (geo.input_len(), geo.output_len(), plan.w);
-    let rows = geo.input[0] * plan.h;
-    let align = if geo.input[0] == 1 { geo.stride[1] } else { 1 };
-    let rpt = rows_per_task(geo.n * geo.c, rows, w, align);
-    let level = level();
-    let plan = &plan;
-    parallel::install(|| {
-        dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len)).for_each(|(dx_plane, g)| {
-            dx_plane.par_chunks_mut(rpt * w).enumerate().for_each(|(b, d)| backward_task::<T>(level, plan, g, b * rpt, d))
-        })
+    let (in_len, out_len, w) = (geo.input_len(), geo.output_len(), plan.rows.w);
+    let rpt = plan.rows.backward_rows_per_task(geo.n * geo.c);
+    let work = window_work(geo, dy.len()).saturating_add(dx.len());
+    let (level, plan) = (level(), &plan);
+    for_each_block(dx, None, in_len, rpt * w, work, |plane, b, d, _| {
+        backward_task::<T>(level, plan, &dy[plane * out_len..][..out_len], b * rpt, d)
     });
 }
 
@@ -275,12 +251,11 @@ pub(super) fn adaptive_forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [
     let rows = geo.output[0] * geo.output[1];
     let per_row = (geo.input_len() / rows.max(1)).max(geo.input[2]);
     let rpt = rows_per_task(geo.n * geo.c, rows, per_row, 1);
-    let level = level();
-    let plan = &plan;
-    parallel::install(|| {
-        out.par_chunks_mut(out_len).zip(x.par_chunks(in_len)).for_each(|(o_plane, x_plane)| {
-            o_plane.par_chunks_mut(rpt * wo).enumerate().for_each(|(b, o)| adaptive_task::<T>(level, plan, x_plane, b * rpt, o))
-        })
+    // Each output row sums about `per_row` input elements.
+    let work = (geo.n * geo.c * rows).saturating_mul(per_row);
+    let (level, plan) = (level(), &plan);
+    for_each_block(out, None, out_len, rpt * wo, work, |plane, b, o, _| {
+        adaptive_task::<T>(level, plan, &x[plane * in_len..][..in_len], b * rpt, o)
     });
 }
 
@@ -331,11 +306,9 @@ pub(super) fn adaptive_backward<T: Real>(geo: &PoolGeometry, dy: &[T], dx: &mut 
     let (in_len, out_len, w) = (geo.input_len(), geo.output_len(), geo.input[2]);
     let rows = geo.input[0] * geo.input[1];
     let rpt = rows_per_task(geo.n * geo.c, rows, w, 1);
-    let level = level();
-    let plan = &plan;
-    parallel::install(|| {
-        dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len)).for_each(|(dx_plane, g)| {
-            dx_plane.par_chunks_mut(rpt * w).enumerate().for_each(|(b, d)| adaptive_backward_task::<T>(level, plan, g, b * rpt, d))
-        })
+    let work = dx.len().saturating_add(dy.len());
+    let (level, plan) = (level(), &plan);
+    for_each_block(dx, None, in_len, rpt * w, work, |plane, b, d, _| {
+        adaptive_backward_task::<T>(level, plan, &dy[plane * out_len..][..out_len], b * rpt, d)
     });
 }

@@ -10,43 +10,29 @@
 //! Positions are tracked as i32 flat positions in the plane; the caller sends planes of
 //! `i32::MAX` elements or more to the generic loops.
 
-use super::plan::{row_span, rows_fit, rows_per_task, Axis, Columns, RowCache};
+use super::plan::{for_each_block, row_span, rows_fit, window_work, Columns, RowCache, RowPlan};
 use super::simd::{level, multiversion};
 use crate::element::Real;
 use crate::error::{shape_str, Error, Result};
 use crate::params::PoolGeometry;
-use crate::parallel;
-use rayon::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The geometry of a max pool as the row kernels see it.
 pub(super) struct MaxPlan {
-    az: Axis,
-    ay: Axis,
-    cols: Columns,
-    h: usize,
-    w: usize,
-    ho: usize,
-    wo: usize,
+    rows: RowPlan,
     /// Some output column's window has no in-bounds column (possible with dilation).
     empty_col: bool,
 }
 
 impl MaxPlan {
     pub fn new(geo: &PoolGeometry) -> MaxPlan {
-        let ax = Axis::of(geo, 2);
-        MaxPlan {
-            az: Axis::of(geo, 0),
-            ay: Axis::of(geo, 1),
-            cols: Columns::new(ax),
-            h: geo.input[1],
-            w: geo.input[2],
-            ho: geo.output[1],
-            wo: geo.output[2],
-            empty_col: (0..ax.out).any(|o| {
-                let (lo, hi) = ax.taps(o);
-                lo == hi
-            }),
-        }
+        let rows = RowPlan::new(geo);
+        let ax = rows.cols.axis;
+        let empty_col = (0..ax.out).any(|o| {
+            let (lo, hi) = ax.taps(o);
+            lo == hi
+        });
+        MaxPlan { rows, empty_col }
     }
 }
 
@@ -90,40 +76,35 @@ fn forward_pairs<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], idx: Optio
     let [_, ih, iw] = geo.input;
     let [_, oh, ow] = geo.output;
     let (in_len, out_len) = (ih * iw, oh * ow);
-    let idx_ptr = idx.map(|i| crate::element::SendPtr(i.as_mut_ptr()));
+    let with_idx = idx.is_some();
     let work = out.len() * 4;
-    parallel::for_each_chunk(out, out_len, work, |plane, o| {
+    for_each_block(out, idx, out_len, out_len, work, |plane, _, o, ids| {
         let xp = &x[plane * in_len..][..in_len];
         for oy in 0..oh {
             let (r0, r1) = (&xp[2 * oy * iw..][..iw], &xp[(2 * oy + 1) * iw..][..iw]);
             let orow = &mut o[oy * ow..][..ow];
-            match idx_ptr {
-                None => {
-                    for (ox, v) in orow.iter_mut().enumerate() {
-                        let mut best = r0[2 * ox];
-                        for cand in [r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]] {
-                            best = if takes(best, cand) { cand } else { best };
-                        }
-                        *v = best;
+            if !with_idx {
+                for (ox, v) in orow.iter_mut().enumerate() {
+                    let mut best = r0[2 * ox];
+                    for cand in [r0[2 * ox + 1], r1[2 * ox], r1[2 * ox + 1]] {
+                        best = if takes(best, cand) { cand } else { best };
                     }
+                    *v = best;
                 }
-                Some(ptr) => {
-                    // SAFETY: the task for `plane` writes only that plane's output row `oy` of
-                    // the indices, which has the output's layout: disjoint between tasks.
-                    let irow = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(plane * out_len + oy * ow), ow) };
-                    let base = (2 * oy * iw) as i64;
-                    for ox in 0..ow {
-                        let c = 2 * ox;
-                        let (mut best, mut at) = (r0[c], c as i64);
-                        for (cand, pos) in [(r0[c + 1], c + 1), (r1[c], iw + c), (r1[c + 1], iw + c + 1)] {
-                            if takes(best, cand) {
-                                best = cand;
-                                at = pos as i64;
-                            }
+            } else {
+                let irow = &mut ids[oy * ow..][..ow];
+                let base = (2 * oy * iw) as i64;
+                for ox in 0..ow {
+                    let c = 2 * ox;
+                    let (mut best, mut at) = (r0[c], c as i64);
+                    for (cand, pos) in [(r0[c + 1], c + 1), (r1[c], iw + c), (r1[c + 1], iw + c + 1)] {
+                        if takes(best, cand) {
+                            best = cand;
+                            at = pos as i64;
                         }
-                        orow[ox] = best;
-                        irow[ox] = base + at;
                     }
+                    orow[ox] = best;
+                    irow[ox] = base + at;
                 }
             }
         }
@@ -211,7 +192,7 @@ struct Scratch<T> {
 }
 
 impl<T: Real> Scratch<T> {
-    fn new(plan: &MaxPlan, with_idx: bool) -> Self {
+    fn new(plan: &RowPlan, with_idx: bool) -> Self {
         let wo = plan.wo;
         Scratch {
             cache: RowCache::whole_windows(wo, with_idx, plan.az.rows_mod(), plan.ay.rows_mod()),
@@ -260,7 +241,7 @@ fn row_max<T: Real, const IDX: bool>(
 /// Output row `r` (flat `(oz, oy)`) of a plane `x`: maxima into `v`, with `IDX` their flat
 /// positions in the plane into `vi`.
 #[inline(always)]
-fn out_row<T: Real, const IDX: bool>(plan: &MaxPlan, x: &[T], r: usize, scratch: &mut Scratch<T>, v: &mut [T], vi: &mut [i32]) {
+fn out_row<T: Real, const IDX: bool>(plan: &RowPlan, x: &[T], r: usize, scratch: &mut Scratch<T>, v: &mut [T], vi: &mut [i32]) {
     let (oz, oy) = (r / plan.ho, r % plan.ho);
     let ((lz, hz), (ly, hy)) = (plan.az.taps(oz), plan.ay.taps(oy));
     let w = plan.w;
@@ -304,11 +285,11 @@ fn out_row<T: Real, const IDX: bool>(plan: &MaxPlan, x: &[T], r: usize, scratch:
 /// Output rows `r0..` of one plane into `out` (whole rows), with `IDX` positions into `idx`.
 #[inline(always)]
 fn forward_rows<T: Real, const IDX: bool>(plan: &MaxPlan, x: &[T], r0: usize, out: &mut [T], idx: &mut [i64]) {
-    let wo = plan.wo;
-    let mut scratch = Scratch::new(plan, IDX);
+    let wo = plan.rows.wo;
+    let mut scratch = Scratch::new(&plan.rows, IDX);
     let mut vi = vec![0i32; if IDX { wo } else { 0 }];
     for (i, o_row) in out.chunks_exact_mut(wo).enumerate() {
-        out_row::<T, IDX>(plan, x, r0 + i, &mut scratch, o_row, &mut vi);
+        out_row::<T, IDX>(&plan.rows, x, r0 + i, &mut scratch, o_row, &mut vi);
         if IDX {
             for (d, &s) in idx[i * wo..][..wo].iter_mut().zip(&vi) {
                 *d = s as i64;
@@ -325,25 +306,17 @@ pub(super) fn forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], idx: 
         return forward_pairs(geo, x, out, idx);
     }
     let plan = MaxPlan::new(geo);
-    let (in_len, out_len, wo) = (geo.input_len(), geo.output_len(), plan.wo);
-    let rows = geo.output[0] * plan.ho;
-    let rpt = rows_per_task(geo.n * geo.c, rows, plan.w.saturating_mul(plan.az.rows_mod() * plan.ay.rows_mod()), 1);
-    let level = level();
-    let plan = &plan;
-    parallel::install(|| match idx {
-        Some(idx) => out.par_chunks_mut(out_len).zip(idx.par_chunks_mut(out_len)).zip(x.par_chunks(in_len)).for_each(
-            |((o_plane, i_plane), x_plane)| {
-                o_plane.par_chunks_mut(rpt * wo).zip(i_plane.par_chunks_mut(rpt * wo)).enumerate().for_each(
-                    |(b, (o, i))| forward_task::<T, true>(level, plan, x_plane, b * rpt, o, i),
-                )
-            },
-        ),
-        None => out.par_chunks_mut(out_len).zip(x.par_chunks(in_len)).for_each(|(o_plane, x_plane)| {
-            o_plane
-                .par_chunks_mut(rpt * wo)
-                .enumerate()
-                .for_each(|(b, o)| forward_task::<T, false>(level, plan, x_plane, b * rpt, o, &mut []))
-        }),
+    let (in_len, out_len, wo) = (geo.input_len(), geo.output_len(), plan.rows.wo);
+    let rpt = plan.rows.forward_rows_per_task(geo.n * geo.c);
+    let work = window_work(geo, out.len());
+    let (level, plan, with_idx) = (level(), &plan, idx.is_some());
+    for_each_block(out, idx, out_len, rpt * wo, work, |plane, b, o, i| {
+        let x_plane = &x[plane * in_len..][..in_len];
+        if with_idx {
+            forward_task::<T, true>(level, plan, x_plane, b * rpt, o, i)
+        } else {
+            forward_task::<T, false>(level, plan, x_plane, b * rpt, o, i)
+        }
     });
 }
 
@@ -359,20 +332,20 @@ pub(super) fn forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], idx: 
 /// outputs in increasing order. The rows are merged back into `dx` at the end.
 #[inline(always)]
 fn backward_rows<T: Real>(plan: &MaxPlan, x: &[T], dy: &[T], a: usize, dx: &mut [T]) {
-    let (w, wo, cols) = (plan.w, plan.wo, &plan.cols);
+    let (w, wo, cols) = (plan.rows.w, plan.rows.wo, &plan.rows.cols);
     let b = a + dx.len() / w;
-    let ((z0, z1), (y0, y1)) = row_span(a, b, plan.h);
+    let ((z0, z1), (y0, y1)) = row_span(a, b, plan.rows.h);
     let span = cols.s * cols.plen;
     let mut acc = vec![T::zero(); (b - a) * span];
-    let mut scratch = Scratch::new(plan, true);
+    let mut scratch = Scratch::new(&plan.rows, true);
     let (mut v, mut vi, mut rel) = (vec![T::zero(); wo], vec![0i32; wo], vec![0i32; wo]);
     let d = cols.axis.d as i32;
-    for oz in plan.az.touching(z0, z1) {
-        for oy in plan.ay.touching(y0, y1) {
-            let r = oz * plan.ho + oy;
-            out_row::<T, true>(plan, x, r, &mut scratch, &mut v, &mut vi);
+    for oz in plan.rows.az.touching(z0, z1) {
+        for oy in plan.rows.ay.touching(y0, y1) {
+            let r = oz * plan.rows.ho + oy;
+            out_row::<T, true>(&plan.rows, x, r, &mut scratch, &mut v, &mut vi);
             let g = &dy[r * wo..][..wo];
-            let ((lz, hz), (ly, hy)) = (plan.az.taps(oz), plan.ay.taps(oy));
+            let ((lz, hz), (ly, hy)) = (plan.rows.az.taps(oz), plan.rows.ay.taps(oy));
             if plan.empty_col || lz == hz || ly == hy {
                 // Some window has no in-bounds tap in a dimension, and its position is the
                 // definition's fallback, not a tap: add each gradient where it points.
@@ -386,9 +359,9 @@ fn backward_rows<T: Real>(plan: &MaxPlan, x: &[T], dy: &[T], a: usize, dx: &mut 
                 continue;
             }
             for kz in lz..hz {
-                let z = plan.az.pos(oz, kz);
+                let z = plan.rows.az.pos(oz, kz);
                 for ky in ly..hy {
-                    let flat = z * plan.h + plan.ay.pos(oy, ky);
+                    let flat = z * plan.rows.h + plan.rows.ay.pos(oy, ky);
                     if flat < a || flat >= b {
                         continue;
                     }
@@ -418,16 +391,13 @@ multiversion!(pub(super) fn backward_task[T: Real][T](plan: &MaxPlan, x: &[T], d
 /// Max pooling backward with the argmax recomputed from `x`; `dx` must be zero on entry.
 pub(super) fn backward<T: Real>(geo: &PoolGeometry, x: &[T], dy: &[T], dx: &mut [T]) {
     let plan = MaxPlan::new(geo);
-    let (in_len, out_len, w) = (geo.input_len(), geo.output_len(), plan.w);
-    let rows = geo.input[0] * plan.h;
-    let align = if geo.input[0] == 1 { geo.stride[1] } else { 1 };
-    let rpt = rows_per_task(geo.n * geo.c, rows, w, align);
-    let level = level();
-    let plan = &plan;
-    parallel::install(|| {
-        dx.par_chunks_mut(in_len).zip(x.par_chunks(in_len)).zip(dy.par_chunks(out_len)).for_each(|((dx_plane, x_plane), g)| {
-            dx_plane.par_chunks_mut(rpt * w).enumerate().for_each(|(b, d)| backward_task::<T>(level, plan, x_plane, g, b * rpt, d))
-        })
+    let (in_len, out_len, w) = (geo.input_len(), geo.output_len(), plan.rows.w);
+    let rpt = plan.rows.backward_rows_per_task(geo.n * geo.c);
+    // Each task recomputes the maxima of the windows that meet its rows, then scatters.
+    let work = window_work(geo, dy.len()).saturating_add(dx.len());
+    let (level, plan) = (level(), &plan);
+    for_each_block(dx, None, in_len, rpt * w, work, |plane, b, d, _| {
+        backward_task::<T>(level, plan, &x[plane * in_len..][..in_len], &dy[plane * out_len..][..out_len], b * rpt, d)
     });
 }
 
@@ -441,23 +411,25 @@ pub(super) fn backward_from_indices<T: Real>(geo: &PoolGeometry, dy: &[T], idx: 
     let rows = geo.input[0] * geo.input[1];
     let blocks = if planes >= 16 { 1 } else { 16usize.div_ceil(planes).min(8).min(rows) };
     let span = rows.div_ceil(blocks) * geo.input[2];
-    let ok = parallel::install(|| {
-        dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len).zip(idx.par_chunks(out_len))).all(|(dx_plane, (g, at))| {
-            dx_plane.par_chunks_mut(span).enumerate().all(|(b, d)| {
-                let lo = b * span;
-                let mut ok = true;
-                for (&v, &i) in g.iter().zip(at) {
-                    ok &= i >= 0 && (i as u64) < in_len as u64;
-                    let i = (i as usize).wrapping_sub(lo);
-                    if i < d.len() {
-                        d[i] += v;
-                    }
-                }
-                ok
-            })
-        })
+    // Every block of a plane scans all of the plane's gradients and indices.
+    let work = dy.len().saturating_mul(blocks).saturating_add(dx.len());
+    let bad = AtomicBool::new(false);
+    for_each_block(dx, None, in_len, span, work, |plane, b, d, _| {
+        let (g, at) = (&dy[plane * out_len..][..out_len], &idx[plane * out_len..][..out_len]);
+        let lo = b * span;
+        let mut ok = true;
+        for (&v, &i) in g.iter().zip(at) {
+            ok &= i >= 0 && (i as u64) < in_len as u64;
+            let i = (i as usize).wrapping_sub(lo);
+            if i < d.len() {
+                d[i] += v;
+            }
+        }
+        if !ok {
+            bad.store(true, Ordering::Relaxed);
+        }
     });
-    if ok {
+    if !bad.into_inner() {
         Ok(())
     } else {
         Err(Error::invalid(

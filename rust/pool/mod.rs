@@ -9,10 +9,11 @@
 //! loops in `windows.rs`: NaN payloads, signed zeros, argmax ties and rounding of sums included.
 //! Adaptive pooling sums columns first (see `avg.rs`).
 //!
-//! Parallel tasks are (plane, block of rows); the blocks depend only on the shapes, and no
-//! result depends on the blocks, so every result is bitwise identical for any thread count.
-//! Outputs are calloc'd and huge-page advised (`alloc.rs`): at these sizes, handing out fresh
-//! pages costs as much as the pooling itself.
+//! Parallel tasks are (plane, block of rows) (`plan::for_each_block`), and a call too small to
+//! be worth waking the pool runs them on the calling thread; the blocks depend only on the
+//! shapes, and no result depends on the blocks, so every result is bitwise identical for any
+//! thread count. Outputs are calloc'd and huge-page advised (`element::zeros_vec`): at these
+//! sizes, handing out fresh pages costs as much as the pooling itself.
 
 mod avg;
 mod max;

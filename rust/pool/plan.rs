@@ -10,8 +10,9 @@
 //! the kernels are plain element-wise loops over slices that the compiler vectorises (with AVX2
 //! or SSE4.1 where `simd::level` says so).
 
-use crate::element::Real;
+use crate::element::{Real, SendPtr};
 use crate::params::PoolGeometry;
+use crate::parallel;
 
 /// One spatial dimension of a strided pool.
 #[derive(Clone, Copy, Debug)]
@@ -242,6 +243,43 @@ impl Columns {
     }
 }
 
+/// The geometry of a strided pool as the row kernels see it (max and average pooling share it):
+/// the z and y axes, the column side, and the plane's rows.
+pub(super) struct RowPlan {
+    pub az: Axis,
+    pub ay: Axis,
+    pub cols: Columns,
+    pub h: usize,
+    pub w: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl RowPlan {
+    pub fn new(geo: &PoolGeometry) -> RowPlan {
+        RowPlan {
+            az: Axis::of(geo, 0),
+            ay: Axis::of(geo, 1),
+            cols: Columns::new(Axis::of(geo, 2)),
+            h: geo.input[1],
+            w: geo.input[2],
+            ho: geo.output[1],
+            wo: geo.output[2],
+        }
+    }
+
+    /// Output rows per forward task; each output row reads a window of input rows.
+    pub fn forward_rows_per_task(&self, planes: usize) -> usize {
+        rows_per_task(planes, self.az.out * self.ho, self.w.saturating_mul(self.az.rows_mod() * self.ay.rows_mod()), 1)
+    }
+
+    /// Input rows per backward task, a multiple of the y stride where a plane is one slab.
+    pub fn backward_rows_per_task(&self, planes: usize) -> usize {
+        let align = if self.az.size == 1 { self.ay.s } else { 1 };
+        rows_per_task(planes, self.az.size * self.h, self.w, align)
+    }
+}
+
 /// Caches per-input-row results (a horizontal max or a split row) across the output rows whose
 /// windows share input rows. A slot's tag is the row it holds; a miss just recomputes.
 pub(super) struct RowCache<T> {
@@ -347,6 +385,44 @@ pub(super) fn rows_per_task(planes: usize, rows: usize, row_elems: usize, align:
     } else {
         (r.div_ceil(align) * align).min(rows)
     }
+}
+
+/// Rough element operations of visiting the windows of `outputs` outputs, for the parallel
+/// helpers' `work`. Saturating: a kernel may be far larger than the input.
+pub(super) fn window_work(geo: &PoolGeometry, outputs: usize) -> usize {
+    geo.kernel.iter().fold(outputs, |w, &k| w.saturating_mul(k))
+}
+
+/// Calls `f(plane, block, dst, idx)` for every `block_len`-element block of every
+/// `plane_len`-element plane of `dst` (a plane's last block may be shorter), with the same
+/// elements of `idx` (empty without it). Planes, then the blocks of a plane, run in parallel
+/// when their `work` (element operations of the whole call) is worth it, else on the calling
+/// thread; the blocks depend only on the lengths, so results never depend on the thread count.
+pub(super) fn for_each_block<T: Send>(
+    dst: &mut [T],
+    idx: Option<&mut [i64]>,
+    plane_len: usize,
+    block_len: usize,
+    work: usize,
+    f: impl Fn(usize, usize, &mut [T], &mut [i64]) + Sync + Send,
+) {
+    if let Some(idx) = &idx {
+        assert_eq!(idx.len(), dst.len(), "indices have the layout of the values");
+    }
+    let idx = idx.map(|i| SendPtr(i.as_mut_ptr()));
+    let (plane_len, block_len) = (plane_len.max(1), block_len.max(1));
+    let plane_work = work / dst.len().div_ceil(plane_len).max(1);
+    parallel::for_each_chunk(dst, plane_len, work, |plane, d| {
+        parallel::for_each_chunk(d, block_len, plane_work, |b, block| match idx {
+            None => f(plane, b, block, &mut []),
+            Some(ptr) => {
+                // SAFETY: `idx` is as long as `dst` (asserted), and this range is the one `block`
+                // covers in `dst`: disjoint between calls, and alive for the whole call.
+                let at = unsafe { std::slice::from_raw_parts_mut(ptr.get().add(plane * plane_len + b * block_len), block.len()) };
+                f(plane, b, block, at)
+            }
+        })
+    });
 }
 
 /// Flat input rows `[a, b)` as ranges of z and y positions that cover them.

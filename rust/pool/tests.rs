@@ -374,29 +374,39 @@ fn task_splits_and_instruction_sets_do_not_change_results() {
     }
 }
 
+/// A small call (run on the calling thread), many planes (split by plane), one large plane
+/// (split by rows) and the 2x2 pair kernel give the same bits on any number of threads.
 #[test]
 fn thread_count_does_not_change_results() {
     let mut rng = Rng(3);
-    let x = values::<f32>(&[1, 3, 37, 41], &mut rng, true);
-    let params = p(vec![3, 3], vec![2, 2], vec![1, 1], vec![1, 1], true);
+    let k3 = p(vec![3, 3], vec![2, 2], vec![1, 1], vec![1, 1], true);
     let before = crate::parallel::get_num_threads();
-    let mut results = vec![];
-    for threads in [1, 2, 3] {
-        crate::parallel::set_num_threads(threads).unwrap();
-        let (y, i) = max_pool_forward(x.view(), &params).unwrap();
-        let dx = max_pool_backward(y.view(), x.view(), &params).unwrap();
-        let a = avg_pool_forward(x.view(), &params, false).unwrap();
-        let da = avg_pool_backward(a.view(), x.view(), &params, false).unwrap();
-        results.push((y, i, dx, a, da));
+    let pairs = PoolParams::new(vec![2, 2]);
+    for (shape, params) in [([1, 3, 37, 41], &k3), ([4, 16, 33, 35], &k3), ([1, 1, 301, 203], &k3), ([8, 16, 28, 28], &pairs)] {
+        let x = values::<f32>(&shape, &mut rng, true);
+        let mut results = vec![];
+        for threads in [1, 2, 3] {
+            crate::parallel::set_num_threads(threads).unwrap();
+            let (y, i) = max_pool_forward(x.view(), params).unwrap();
+            let v = max_pool_forward_values(x.view(), params).unwrap();
+            let dx = max_pool_backward(y.view(), x.view(), params).unwrap();
+            let di = max_pool_backward_indices(y.view(), i.view(), x.shape(), params).unwrap();
+            let a = avg_pool_forward(x.view(), params, false).unwrap();
+            let da = avg_pool_backward(a.view(), x.view(), params, false).unwrap();
+            let g = adaptive_avg_pool_forward(x.view(), &[Some(5), Some(7)]).unwrap();
+            let dg = adaptive_avg_pool_backward(g.view(), x.view()).unwrap();
+            results.push(([y, v, dx, di, a, da, g, dg], i));
+        }
+        let names =
+            ["max", "max values", "max backward", "max backward from indices", "avg", "avg backward", "adaptive", "adaptive backward"];
+        for (r, i) in &results[1..] {
+            for (j, name) in names.iter().enumerate() {
+                assert_same(r[j].as_slice().unwrap(), results[0].0[j].as_slice().unwrap(), &format!("{shape:?} {name}"));
+            }
+            assert_eq!(*i, results[0].1, "{shape:?} indices");
+        }
     }
     crate::parallel::set_num_threads(before).unwrap();
-    for r in &results[1..] {
-        assert_same(r.0.as_slice().unwrap(), results[0].0.as_slice().unwrap(), "max");
-        assert_eq!(r.1, results[0].1);
-        assert_same(r.2.as_slice().unwrap(), results[0].2.as_slice().unwrap(), "max backward");
-        assert_same(r.3.as_slice().unwrap(), results[0].3.as_slice().unwrap(), "avg");
-        assert_same(r.4.as_slice().unwrap(), results[0].4.as_slice().unwrap(), "avg backward");
-    }
 }
 
 fn plane(h: usize, w: usize) -> ArrayD<f64> {

@@ -4,11 +4,10 @@
 //! the fallback where the fast kernels do not fit: planes too large for their 32-bit positions,
 //! or kernels, paddings or strides far larger than the input (see `plan::rows_fit`).
 
-use super::plan::Axis;
+use super::plan::{for_each_block, window_work, Axis};
 use crate::element::Real;
 use crate::params::{PoolGeometry, MAX_DIMS};
 use crate::parallel;
-use rayon::prelude::*;
 
 /// For each dimension and each output position: the in-bounds input positions of its window,
 /// and the divisor size average pooling with `count_include_pad` uses.
@@ -68,36 +67,34 @@ pub(super) fn max_forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], i
     let win = Windows::strided(geo);
     let (in_len, out_len) = (geo.input_len(), geo.output_len());
     let [_, h, w] = geo.input;
-    parallel::install(|| {
-        out.par_chunks_mut(out_len).zip(idx.par_chunks_mut(out_len)).zip(x.par_chunks(in_len)).for_each(
-            |((o_plane, i_plane), x_plane)| {
-                let mut o = 0;
-                for zs in &win.taps[0] {
-                    for ys in &win.taps[1] {
-                        for xs in &win.taps[2] {
-                            let mut best = T::neg_infinity();
-                            let mut best_at = first_tap(zs, ys, xs, h, w);
-                            for &z in zs {
-                                for &y in ys {
-                                    let row = (z * h + y) * w;
-                                    for &xx in xs {
-                                        let v = x_plane[row + xx];
-                                        // `v > best` alone would skip NaN; PyTorch lets NaN win.
-                                        if v > best || v.is_nan() {
-                                            best = v;
-                                            best_at = row + xx;
-                                        }
-                                    }
+    let work = window_work(geo, out.len());
+    for_each_block(out, Some(idx), out_len, out_len, work, |plane, _, o_plane, i_plane| {
+        let x_plane = &x[plane * in_len..][..in_len];
+        let mut o = 0;
+        for zs in &win.taps[0] {
+            for ys in &win.taps[1] {
+                for xs in &win.taps[2] {
+                    let mut best = T::neg_infinity();
+                    let mut best_at = first_tap(zs, ys, xs, h, w);
+                    for &z in zs {
+                        for &y in ys {
+                            let row = (z * h + y) * w;
+                            for &xx in xs {
+                                let v = x_plane[row + xx];
+                                // `v > best` alone would skip NaN; PyTorch lets NaN win.
+                                if v > best || v.is_nan() {
+                                    best = v;
+                                    best_at = row + xx;
                                 }
                             }
-                            o_plane[o] = best;
-                            i_plane[o] = best_at as i64;
-                            o += 1;
                         }
                     }
+                    o_plane[o] = best;
+                    i_plane[o] = best_at as i64;
+                    o += 1;
                 }
-            },
-        );
+            }
+        }
     });
 }
 
@@ -106,20 +103,19 @@ pub(super) fn avg_forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], c
     let win = Windows::strided(geo);
     let (in_len, out_len) = (geo.input_len(), geo.output_len());
     let [_, h, w] = geo.input;
-    parallel::install(|| {
-        out.par_chunks_mut(out_len).zip(x.par_chunks(in_len)).for_each(|(o_plane, x_plane)| {
-            win.each(count_include_pad, |o, zs, ys, xs, count| {
-                let mut sum = T::zero();
-                for &z in zs {
-                    for &y in ys {
-                        let row = &x_plane[(z * h + y) * w..][..w];
-                        for &xx in xs {
-                            sum += row[xx];
-                        }
+    parallel::for_each_chunk(out, out_len, window_work(geo, out.len()), |plane, o_plane| {
+        let x_plane = &x[plane * in_len..][..in_len];
+        win.each(count_include_pad, |o, zs, ys, xs, count| {
+            let mut sum = T::zero();
+            for &z in zs {
+                for &y in ys {
+                    let row = &x_plane[(z * h + y) * w..][..w];
+                    for &xx in xs {
+                        sum += row[xx];
                     }
                 }
-                o_plane[o] = sum / T::from_usize(count).expect("window size fits a float");
-            });
+            }
+            o_plane[o] = sum / T::from_usize(count).expect("window size fits a float");
         });
     });
 }
@@ -130,19 +126,18 @@ pub(super) fn avg_backward<T: Real>(geo: &PoolGeometry, dy: &[T], dx: &mut [T], 
     let win = Windows::strided(geo);
     let (in_len, out_len) = (geo.input_len(), geo.output_len());
     let [_, h, w] = geo.input;
-    parallel::install(|| {
-        dx.par_chunks_mut(in_len).zip(dy.par_chunks(out_len)).for_each(|(dx_plane, g)| {
-            win.each(count_include_pad, |o, zs, ys, xs, count| {
-                let share = g[o] / T::from_usize(count).expect("window size fits a float");
-                for &z in zs {
-                    for &y in ys {
-                        let row = &mut dx_plane[(z * h + y) * w..][..w];
-                        for &xx in xs {
-                            row[xx] += share;
-                        }
+    parallel::for_each_chunk(dx, in_len, window_work(geo, dy.len()), |plane, dx_plane| {
+        let g = &dy[plane * out_len..][..out_len];
+        win.each(count_include_pad, |o, zs, ys, xs, count| {
+            let share = g[o] / T::from_usize(count).expect("window size fits a float");
+            for &z in zs {
+                for &y in ys {
+                    let row = &mut dx_plane[(z * h + y) * w..][..w];
+                    for &xx in xs {
+                        row[xx] += share;
                     }
                 }
-            });
+            }
         });
     });
 }
