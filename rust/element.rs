@@ -23,6 +23,7 @@ pub trait Real:
     + MulAssign
     + DivAssign
     + Sum
+    + crate::simd::Vectors
     + 'static
 {
     /// `"float32"` or `"float64"`, for messages.

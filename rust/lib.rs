@@ -16,6 +16,7 @@ pub mod linear;
 pub mod parallel;
 pub mod params;
 pub mod pool;
+mod simd;
 #[cfg(feature = "python")]
 mod python;
 

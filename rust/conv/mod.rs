@@ -2,6 +2,7 @@
 //! kernel strategy chosen inside (`Strategy::choose`).
 
 mod depthwise;
+mod direct;
 mod im2col;
 mod winograd;
 pub(crate) mod pad;
@@ -17,8 +18,10 @@ pub enum Strategy {
     /// Direct loops for one input channel per group (depthwise, any channel multiplier).
     Depthwise,
     /// Winograd F(4x4, 3x3) for 2-D 3x3 stride-1 convolutions with one group (the weight
-    /// gradient by im2col).
+    /// gradient by the direct loops, or im2col on CPUs without AVX2).
     Winograd,
+    /// Register-blocked direct loops for stride 1 on CPUs with AVX2 or AVX-512.
+    Direct,
 }
 
 /// Most output channels per input channel served by the depthwise loops: measured faster than
@@ -46,6 +49,11 @@ impl Strategy {
         if winograd::applies(geo) && geo.c_in >= WINOGRAD_MIN_CHANNELS && geo.c_out >= WINOGRAD_MIN_CHANNELS {
             return Strategy::Winograd;
         }
+        // Direct: reads the input in place instead of copying every patch; a 1x1 kernel has no
+        // patches, and there the GEMM's own blocking wins.
+        if direct::applies(geo) && geo.kernel_volume() > 1 {
+            return Strategy::Direct;
+        }
         Strategy::Im2col
     }
 
@@ -54,6 +62,7 @@ impl Strategy {
             Strategy::Im2col => im2col::forward(x, w, bias, geo, out),
             Strategy::Depthwise => depthwise::forward(x, w, bias, geo, out),
             Strategy::Winograd => winograd::forward(x, w, bias, geo, out),
+            Strategy::Direct => direct::forward(x, w, bias, geo, out),
         }
     }
 
@@ -62,6 +71,7 @@ impl Strategy {
             Strategy::Im2col => im2col::backward_input(dy, w, geo, dx),
             Strategy::Depthwise => depthwise::backward_input(dy, w, geo, dx),
             Strategy::Winograd => winograd::backward_input(dy, w, geo, dx),
+            Strategy::Direct => direct::backward_input(dy, w, geo, dx),
         }
     }
 
@@ -69,7 +79,11 @@ impl Strategy {
         match self {
             Strategy::Im2col => im2col::backward_weight(x, dy, geo, dw),
             Strategy::Depthwise => depthwise::backward_weight(x, dy, geo, dw),
+            // Winograd's transforms do not pay for the weight gradient; the direct loops do it
+            // in 0.66x of im2col's time (res_3x3_64, one thread).
+            Strategy::Winograd if direct::applies(geo) => direct::backward_weight(x, dy, geo, dw),
             Strategy::Winograd => im2col::backward_weight(x, dy, geo, dw),
+            Strategy::Direct => direct::backward_weight(x, dy, geo, dw),
         }
     }
 }

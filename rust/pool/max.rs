@@ -164,7 +164,7 @@ fn fold_chain<'a, T: Real, const IDX: bool>(
     let passes = n.div_ceil(3).max(1);
     for j in 0..passes {
         let (lo, hi) = (3 * j, (3 * j + 3).min(n));
-        let to_out = (passes - 1 - j) % 2 == 0;
+        let to_out = (passes - 1 - j).is_multiple_of(2);
         let (dst, dst_at, from): (&mut [T], &mut [i32], Src<'_, T>) = match (j, to_out) {
             (0, true) => (out, out_at, init),
             (0, false) => (tmp, tmp_at, init),

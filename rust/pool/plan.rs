@@ -511,7 +511,7 @@ mod tests {
     #[test]
     fn task_rows_depend_on_shape_only() {
         assert_eq!(rows_per_task(2048, 56, 224, 1), 56);
-        assert!(rows_per_task(1, 1000, 2000, 2) % 2 == 0);
+        assert!(rows_per_task(1, 1000, 2000, 2).is_multiple_of(2));
         assert_eq!(rows_per_task(1, 1, 10, 2), 1);
     }
 }

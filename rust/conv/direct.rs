@@ -1,0 +1,675 @@
+//! Direct convolution for stride 1 (any kernel, dilation, zero padding and groups, 1-3 D),
+//! register-blocked with explicit SIMD vectors (`crate::simd`).
+//!
+//! im2col copies every input patch and the GEMM then packs it again; when a layer has few
+//! channels or small maps (LeNet, a first layer), those copies cost more than the arithmetic.
+//! Here the input is copied once, into a zero-padded buffer, and the kernel reads it in place.
+//!
+//! The trick that makes stride-1 convolution a dense loop: compute the output on the *wide*
+//! grid, whose rows are as long as the padded input's (`padded[2]` columns, of which the last
+//! `kernel - 1` are discarded). On that grid the input under output position `p` for kernel tap
+//! `o` is at `p + off[o]` for every `p`, so `VB` vectors of consecutive positions times `KB`
+//! output channels accumulate in registers, with one load per vector and one broadcast per
+//! weight for each (input channel, tap).
+//!
+//! The gradient of the input is the same correlation applied to the gradient of the output with
+//! the kernel flipped and transposed (`Plane::transposed`). The gradient of the weight is a dot
+//! product per (output channel, input channel, tap) over the wide positions; it runs `KB` output
+//! channels by `OB` taps in registers.
+//!
+//! Every output is one fused multiply-add chain in a fixed order (channels, then taps), the
+//! same for every instruction set and any split of the work, so results never depend on the
+//! thread count (nor on AVX2 against AVX-512). The weight gradient's sum splits into sample
+//! chunks whose count depends only on the shapes, added in chunk order.
+
+use crate::element::{Real, SendPtr};
+use crate::params::ConvGeometry;
+use crate::parallel;
+use crate::simd::{Isa, Vector};
+
+/// Position vectors per forward block: `KB * VB` accumulators plus `VB` loads and a broadcast
+/// fit the 16 AVX2 registers for `KB <= 6` and leave room in AVX-512's 32.
+const VB: usize = 2;
+
+/// Output channels per forward block, by instruction set, largest first: the block that wastes
+/// the fewest padded channels is taken.
+const KB_AVX512: [usize; 3] = [8, 6, 4];
+const KB_AVX2: [usize; 2] = [6, 4];
+
+/// Source elements one forward task copies and reads (512 KiB of f32: a core's L2). Output
+/// rows per task follow from it; a task always has at least one row.
+const TASK_SOURCE_ELEMS: usize = 1 << 17;
+
+/// Most sample chunks of the weight gradient (each owns a partial gradient, summed in order).
+const MAX_WEIGHT_CHUNKS: usize = 8;
+/// Fewest multiply-adds per weight-gradient chunk: each chunk zeroes, fills and sums its own
+/// accumulators (LeNet's second layer, 15 M multiply-adds, takes 2 chunks).
+const MIN_CHUNK_WORK: usize = 1 << 22;
+
+/// Elements of the padded inputs and wide output gradients that a weight-gradient kernel call
+/// reads (512 KiB of f32), so that they stay in L2 while every (channel block, tap block)
+/// pass re-reads them: measured 2x faster on conv1d_k7 than 4 MiB, which spilled to L3.
+const WEIGHT_BUFFER_ELEMS: usize = 1 << 17;
+
+/// Whether the direct kernels serve `geo`: stride 1 on a CPU with AVX2 or AVX-512.
+pub(crate) fn applies(geo: &ConvGeometry) -> bool {
+    geo.stride == [1; 3] && Isa::detect().is_some()
+}
+
+/// A stride-1 correlation between channel volumes: `dst[k, q] = sum over c, taps t of
+/// w[k, c, t] * padded[c, q + t * dilation]`, where `padded` is the source placed at `lo` in a
+/// zero volume of `padded` dims (`lo` may be negative: the source is then cropped).
+#[derive(Clone, Copy, Debug)]
+struct Plane {
+    src: [usize; 3],
+    lo: [isize; 3],
+    out: [usize; 3],
+    kernel: [usize; 3],
+    dilation: [usize; 3],
+    padded: [usize; 3],
+}
+
+impl Plane {
+    fn new(src: [usize; 3], lo: [isize; 3], out: [usize; 3], kernel: [usize; 3], dilation: [usize; 3]) -> Plane {
+        let padded = std::array::from_fn(|d| out[d] + (kernel[d] - 1) * dilation[d]);
+        Plane { src, lo, out, kernel, dilation, padded }
+    }
+
+    /// The forward convolution of `geo` (stride 1): the input, padded as `geo` says.
+    fn forward(geo: &ConvGeometry) -> Plane {
+        let lo = geo.pad_lo.map(|p| p as isize);
+        Plane::new(geo.input, lo, geo.output, geo.kernel, geo.dilation)
+    }
+
+    /// The gradient of the input of `geo`: the output gradient, padded by the dilated kernel
+    /// extent less the forward padding, correlated with the flipped kernel.
+    fn transposed(geo: &ConvGeometry) -> Plane {
+        let lo = std::array::from_fn(|d| ((geo.kernel[d] - 1) * geo.dilation[d]) as isize - geo.pad_lo[d] as isize);
+        Plane::new(geo.output, lo, geo.input, geo.kernel, geo.dilation)
+    }
+
+    /// Flat offsets of the kernel taps in the padded volume, in weight order.
+    fn offsets(&self) -> Vec<usize> {
+        let [_, ph, pw] = self.padded;
+        let [kd, kh, kw] = self.kernel;
+        let mut offs = Vec::with_capacity(kd * kh * kw);
+        for z in 0..kd {
+            for y in 0..kh {
+                for x in 0..kw {
+                    offs.push(((z * self.dilation[0] * ph) + y * self.dilation[1]) * pw + x * self.dilation[2]);
+                }
+            }
+        }
+        offs
+    }
+
+    fn max_offset(&self) -> usize {
+        let [_, ph, pw] = self.padded;
+        ((self.kernel[0] - 1) * self.dilation[0] * ph + (self.kernel[1] - 1) * self.dilation[1]) * pw
+            + (self.kernel[2] - 1) * self.dilation[2]
+    }
+
+    /// Output rows (depth x height) of one channel.
+    fn rows(&self) -> usize {
+        self.out[0] * self.out[1]
+    }
+
+    /// Where output row `r` starts on the wide grid.
+    fn wide_row(&self, r: usize) -> usize {
+        let (z, y) = (r / self.out[1], r % self.out[1]);
+        (z * self.padded[1] + y) * self.padded[2]
+    }
+
+    /// The wide positions `[start, end)` that hold output rows `r0 .. r1`.
+    fn wide_span(&self, r0: usize, r1: usize) -> (usize, usize) {
+        (self.wide_row(r0), self.wide_row(r1 - 1) + self.out[2])
+    }
+
+    fn src_len(&self) -> usize {
+        self.src.iter().product()
+    }
+
+    fn out_len(&self) -> usize {
+        self.out.iter().product()
+    }
+}
+
+/// Copies padded positions `start .. start + dst.len()` of one source channel into `dst`
+/// (zero where the padded volume has no source element, and past its end).
+fn fill_padded<T: Real>(src: &[T], plane: &Plane, start: usize, dst: &mut [T]) {
+    let [_, ph, pw] = plane.padded;
+    let [sd, sh, sw] = plane.src;
+    let mut f = start;
+    let mut rest = dst;
+    while !rest.is_empty() {
+        let (row, col) = (f / pw, f % pw);
+        let run = (pw - col).min(rest.len());
+        let (piece, tail) = rest.split_at_mut(run);
+        rest = tail;
+        f += run;
+        let z = (row / ph) as isize - plane.lo[0];
+        let y = (row % ph) as isize - plane.lo[1];
+        if z < 0 || z >= sd as isize || y < 0 || y >= sh as isize {
+            piece.fill(T::zero());
+            continue;
+        }
+        // Columns col .. col + run hold source columns x0 .. x0 + run; [a, b) of them exist.
+        let x0 = col as isize - plane.lo[2];
+        let a = (-x0).clamp(0, run as isize) as usize;
+        let b = (sw as isize - x0).clamp(a as isize, run as isize) as usize;
+        let from = ((z as usize * sh + y as usize) * sw) as isize + x0 + a as isize;
+        piece[..a].fill(T::zero());
+        piece[a..b].copy_from_slice(&src[from as usize..][..b - a]);
+        piece[b..].fill(T::zero());
+    }
+}
+
+/// Weights `w (groups * kout, cin, taps)` regrouped per group into blocks of `kb` output
+/// channels: `[group][block][c][tap][j]`, zero for channels past `kout`. With `transpose`, the
+/// weights are read as `w (groups * cin, kout, taps)` with the taps reversed (the gradient of
+/// the input: output channel `j` of the correlation is the forward's input channel).
+fn pack_weights<T: Real>(w: &[T], groups: usize, cin: usize, kout: usize, taps: usize, kb: usize, transpose: bool) -> Vec<T> {
+    let blocks = kout.div_ceil(kb);
+    let mut packed = vec![T::zero(); groups * blocks * kb * cin * taps];
+    for g in 0..groups {
+        for b in 0..blocks {
+            for c in 0..cin {
+                for t in 0..taps {
+                    for j in 0..kb.min(kout - b * kb) {
+                        let k = b * kb + j;
+                        let at = (((g * blocks + b) * cin + c) * taps + t) * kb + j;
+                        packed[at] = if transpose {
+                            w[((g * cin + c) * kout + k) * taps + (taps - 1 - t)]
+                        } else {
+                            w[((g * kout + k) * cin + c) * taps + t]
+                        };
+                    }
+                }
+            }
+        }
+    }
+    packed
+}
+
+/// The output-channel block for `kout` channels: the fewest padded channels, then the largest.
+fn block_rows(isa: Isa, kout: usize) -> usize {
+    let choices: &[usize] = match isa {
+        Isa::Avx512 => &KB_AVX512,
+        Isa::Avx2 => &KB_AVX2,
+    };
+    let waste = |kb: usize| kout.div_ceil(kb) * kb - kout;
+    choices.iter().copied().min_by_key(|&kb| (waste(kb), usize::MAX - kb)).expect("non-empty")
+}
+
+fn lanes<T: Real>(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 64 / std::mem::size_of::<T>(),
+        Isa::Avx2 => 32 / std::mem::size_of::<T>(),
+    }
+}
+
+/// `out (N, groups * kout, *plane.out) = correlation of src (N, groups * cin, *plane.src)` with
+/// packed weights, plus `bias`.
+#[allow(clippy::too_many_arguments)]
+fn correlate<T: Real>(
+    isa: Isa,
+    src: &[T],
+    n: usize,
+    groups: usize,
+    cin: usize,
+    kout: usize,
+    plane: &Plane,
+    packed: &[T],
+    kb: usize,
+    bias: Option<&[T]>,
+    out: &mut [T],
+) {
+    let offs = plane.offsets();
+    let taps = offs.len();
+    let tile = VB * lanes::<T>(isa);
+    let (rows, width) = (plane.rows(), plane.out[2]);
+    let (src_len, out_len) = (plane.src_len(), plane.out_len());
+    let budget = (TASK_SOURCE_ELEMS / cin.max(1)).saturating_sub(plane.max_offset());
+    let task_rows = (budget / plane.padded[2]).clamp(1, rows);
+    let chunks = rows.div_ceil(task_rows);
+    let blocks = kout.div_ceil(kb);
+    let kernel = forward_kernel::<T>(isa, kb);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let work = n * groups * kout * out_len * cin * taps;
+    parallel::for_each_init(n * groups * chunks, work, || (Vec::new(), Vec::new()), |(xs, wide): &mut (Vec<T>, Vec<T>), item| {
+        let (ng, chunk) = (item / chunks, item % chunks);
+        let (s, g) = (ng / groups, ng % groups);
+        let (r0, r1) = (chunk * task_rows, ((chunk + 1) * task_rows).min(rows));
+        let (start, end) = plane.wide_span(r0, r1);
+        let span = (end - start).div_ceil(tile) * tile;
+        let stride = span + plane.max_offset();
+        xs.resize(cin * stride, T::zero());
+        wide.resize(kb * span, T::zero());
+        for c in 0..cin {
+            let channel = &src[((s * groups + g) * cin + c) * src_len..][..src_len];
+            fill_padded(channel, plane, start, &mut xs[c * stride..][..stride]);
+        }
+        for b in 0..blocks {
+            let w = &packed[((g * blocks + b) * cin * taps) * kb..][..cin * taps * kb];
+            // SAFETY: `kernel` was chosen for `isa`, which this CPU has. It reads `cin` channels
+            // of `stride` elements from `xs` at positions `p + offs[t]` with
+            // `p < span` and `offs[t] <= max_offset`, all inside `xs`; `cin * taps * kb`
+            // weights; and writes `kb` rows of `span` elements into `wide`.
+            unsafe { kernel(xs.as_ptr(), stride, cin, &offs, w.as_ptr(), span, wide.as_mut_ptr()) };
+            for j in 0..kb.min(kout - b * kb) {
+                let k = g * kout + b * kb + j;
+                let add = bias.map_or(T::zero(), |bias| bias[k]);
+                for r in r0..r1 {
+                    let from = &wide[j * span + plane.wide_row(r) - start..][..width];
+                    // SAFETY: task (s, g, chunk) writes rows r0..r1 of its group's channels of
+                    // sample s only: disjoint between tasks and inside `out`.
+                    let to = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(((s * groups * kout + k) * rows + r) * width), width) };
+                    for (o, &v) in to.iter_mut().zip(from) {
+                        *o = v + add;
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `out (N, K, *out) = conv(x (N, C, *in), w (K, C / groups, *kernel)) + bias` at stride 1.
+pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeometry, out: &mut [T]) {
+    let isa = Isa::detect().expect("direct::applies checked the CPU");
+    let (cg, kg) = (geo.c_in_per_group(), geo.c_out_per_group());
+    let kb = block_rows(isa, kg);
+    let packed = pack_weights(w, geo.groups, cg, kg, geo.kernel_volume(), kb, false);
+    correlate(isa, x, geo.n, geo.groups, cg, kg, &Plane::forward(geo), &packed, kb, bias, out);
+}
+
+/// `dx (N, C, *in)`: the gradient of the input for `dy (N, K, *out)`, at stride 1.
+pub(crate) fn backward_input<T: Real>(dy: &[T], w: &[T], geo: &ConvGeometry, dx: &mut [T]) {
+    let isa = Isa::detect().expect("direct::applies checked the CPU");
+    let (cg, kg) = (geo.c_in_per_group(), geo.c_out_per_group());
+    let kb = block_rows(isa, cg);
+    let packed = pack_weights(w, geo.groups, kg, cg, geo.kernel_volume(), kb, true);
+    correlate(isa, dy, geo.n, geo.groups, kg, cg, &Plane::transposed(geo), &packed, kb, None, dx);
+}
+
+/// `dw (K, C / groups, *kernel)`: the gradient of the weight for input `x` and `dy`, at
+/// stride 1. Sample chunks (a count fixed by the shapes) each sum into their own partial
+/// gradient; the partials are added in chunk order.
+pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw: &mut [T]) {
+    let isa = Isa::detect().expect("direct::applies checked the CPU");
+    let plane = Plane::forward(geo);
+    let (cg, kg, groups) = (geo.c_in_per_group(), geo.c_out_per_group(), geo.groups);
+    let offs = plane.offsets();
+    let taps = offs.len();
+    let (kb, ob, kernel) = weight_kernel::<T>(isa, taps);
+    let kpad = kg.div_ceil(kb) * kb;
+    let (lanes, tap_blocks) = (lanes::<T>(isa), taps.div_ceil(ob));
+    let tile = VB * lanes;
+    let acc_len = kpad * cg * tap_blocks * ob * lanes;
+    let (in_len, out_len, rows, width) = (plane.src_len(), plane.out_len(), plane.rows(), plane.out[2]);
+    // A unit of work is some output rows of some samples whose padded inputs and wide output
+    // gradients fit WEIGHT_BUFFER_ELEMS: several whole samples when they are small, else the
+    // rows of one sample that fit (at least one).
+    let budget = (WEIGHT_BUFFER_ELEMS / (cg + kpad)).saturating_sub(plane.max_offset() + tile);
+    // At least a few halos' worth of rows, else the halo (max_offset) is copied many times over.
+    let halo_rows = 4 * plane.max_offset() / plane.padded[2];
+    let unit_rows = (budget / plane.padded[2]).max(halo_rows).clamp(1, rows);
+    let row_chunks = rows.div_ceil(unit_rows);
+    let work = geo.n * geo.c_out * out_len * cg * taps;
+    // A power of two (even splits on 2 or 4 threads), each with enough work to pay its partial.
+    let chunks = (work / MIN_CHUNK_WORK).clamp(1, geo.n.min(MAX_WEIGHT_CHUNKS));
+    let chunks = 1 << chunks.ilog2();
+    let per_chunk = geo.n.div_ceil(chunks);
+    let (start, end) = plane.wide_span(0, rows);
+    let sample_elems = (cg + kpad) * ((end - start).div_ceil(tile) * tile + plane.max_offset());
+    let batch = if row_chunks > 1 { 1 } else { (WEIGHT_BUFFER_ELEMS / sample_elems).clamp(1, per_chunk) };
+    let mut partials = vec![T::zero(); chunks * dw.len()];
+    parallel::for_each_chunk(&mut partials, dw.len(), work, |chunk, partial| {
+        let (mut xs, mut dys) = (Vec::new(), Vec::new());
+        let mut acc = vec![T::zero(); groups * acc_len];
+        let samples = chunk * per_chunk..((chunk + 1) * per_chunk).min(geo.n);
+        for first in samples.clone().step_by(batch) {
+            let count = batch.min(samples.end - first);
+            for rc in 0..row_chunks {
+                let (r0, r1) = (rc * unit_rows, ((rc + 1) * unit_rows).min(rows));
+                let (start, end) = plane.wide_span(r0, r1);
+                let span = (end - start).div_ceil(tile) * tile;
+                let stride = span + plane.max_offset();
+                xs.resize(count * cg * stride, T::zero());
+                dys.resize(count * kpad * span, T::zero());
+                for g in 0..groups {
+                    for i in 0..count {
+                        let s = first + i;
+                        for c in 0..cg {
+                            let channel = &x[((s * groups + g) * cg + c) * in_len..][..in_len];
+                            fill_padded(channel, &plane, start, &mut xs[(i * cg + c) * stride..][..stride]);
+                        }
+                        // The wide grid's discarded columns and the channels past `kg` are zero.
+                        let wide = &mut dys[i * kpad * span..][..kpad * span];
+                        wide.fill(T::zero());
+                        for k in 0..kg {
+                            let grad = &dy[((s * groups + g) * kg + k) * out_len..][..out_len];
+                            for r in r0..r1 {
+                                let at = k * span + plane.wide_row(r) - start;
+                                wide[at..][..width].copy_from_slice(&grad[r * width..][..width]);
+                            }
+                        }
+                    }
+                    let acc = &mut acc[g * acc_len..][..acc_len];
+                    // SAFETY: `kernel` was chosen for `isa`, which this CPU has. For `count` samples
+                    // it reads `cg` rows of `stride` elements of `xs` at `p + offs[t]` (`p < span`,
+                    // `offs[t] <= max_offset`) and `kpad` rows of `span` elements of `dys`, and
+                    // adds into the `kpad * cg * tap_blocks * ob` vectors of `acc`.
+                    unsafe { kernel(xs.as_ptr(), dys.as_ptr(), count, cg, kpad, stride, span, &offs, acc.as_mut_ptr()) };
+                }
+            }
+        }
+        // The lanes of each accumulator, summed once per chunk, then put in weight order.
+        let mut sums = vec![T::zero(); acc.len() / lanes];
+        match lanes {
+            16 => lane_sums::<T, 16>(&acc, &mut sums),
+            8 => lane_sums::<T, 8>(&acc, &mut sums),
+            _ => lane_sums::<T, 4>(&acc, &mut sums),
+        }
+        for (g, sums) in sums.chunks_exact(acc_len / lanes).enumerate() {
+            for k in 0..kg {
+                let (b, j) = (k / kb, k % kb);
+                for c in 0..cg {
+                    for t in 0..taps {
+                        let (tb, o) = (t / ob, t % ob);
+                        partial[((g * kg + k) * cg + c) * taps + t] = sums[(((b * cg + c) * tap_blocks + tb) * kb + j) * ob + o];
+                    }
+                }
+            }
+        }
+    });
+    let len = dw.len();
+    for (i, d) in dw.iter_mut().enumerate() {
+        *d = (0..chunks).fold(T::zero(), |acc, c| acc + partials[c * len + i]);
+    }
+}
+
+type ForwardFn<T> = unsafe fn(*const T, usize, usize, &[usize], *const T, usize, *mut T);
+type WeightFn<T> = unsafe fn(*const T, *const T, usize, usize, usize, usize, usize, &[usize], *mut T);
+
+/// The forward block kernel for `isa` and `kb` output channels.
+fn forward_kernel<T: Real>(isa: Isa, kb: usize) -> ForwardFn<T> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<T: Real, const KB: usize>(xs: *const T, stride: usize, cin: usize, offs: &[usize], w: *const T, span: usize, wide: *mut T) {
+            // SAFETY: forwarded from the caller (this CPU has AVX-512F).
+            unsafe { forward_block::<T::V512, KB>(xs, stride, cin, offs, w, span, wide) }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<T: Real, const KB: usize>(xs: *const T, stride: usize, cin: usize, offs: &[usize], w: *const T, span: usize, wide: *mut T) {
+            // SAFETY: forwarded from the caller (this CPU has AVX2 and FMA).
+            unsafe { forward_block::<T::V256, KB>(xs, stride, cin, offs, w, span, wide) }
+        }
+        match (isa, kb) {
+            (Isa::Avx512, 8) => avx512::<T, 8>,
+            (Isa::Avx512, 6) => avx512::<T, 6>,
+            (Isa::Avx512, 4) => avx512::<T, 4>,
+            (Isa::Avx2, 6) => avx2::<T, 6>,
+            (Isa::Avx2, 4) => avx2::<T, 4>,
+            _ => unreachable!("block_rows returns one of the instantiated blocks"),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("Isa::detect finds no instruction set off x86-64")
+}
+
+/// `wide[j][p] = sum over c, t of w[c][t][j] * xs[c][p + offs[t]]` for `j < KB`, `p < span`
+/// (`span` a multiple of `VB * LANES`).
+///
+/// # Safety
+/// This CPU has `V`'s instruction set; the pointers cover what the caller of `forward_kernel`
+/// documents.
+#[inline(always)]
+unsafe fn forward_block<V: Vector, const KB: usize>(
+    xs: *const V::Elem,
+    stride: usize,
+    cin: usize,
+    offs: &[usize],
+    w: *const V::Elem,
+    span: usize,
+    wide: *mut V::Elem,
+) {
+    let step = VB * V::LANES;
+    // SAFETY (whole body): every pointer stays inside the ranges the caller documents.
+    unsafe {
+        for p in (0..span).step_by(step) {
+            let mut acc = [[V::zero(); VB]; KB];
+            let mut wp = w;
+            for c in 0..cin {
+                let base = xs.add(c * stride + p);
+                for &off in offs {
+                    let at = base.add(off);
+                    let xv: [V; VB] = std::array::from_fn(|v| V::load(at.add(v * V::LANES)));
+                    for row in acc.iter_mut() {
+                        let wv = V::splat(*wp);
+                        wp = wp.add(1);
+                        for v in 0..VB {
+                            row[v] = wv.mul_add(xv[v], row[v]);
+                        }
+                    }
+                }
+            }
+            for (j, row) in acc.iter().enumerate() {
+                for (v, r) in row.iter().enumerate() {
+                    r.store(wide.add(j * span + p + v * V::LANES));
+                }
+            }
+        }
+    }
+}
+
+/// The weight-gradient kernel for `isa` and `taps` kernel taps, with its block
+/// (output channels, taps): the tap block that wastes the fewest taps, then the largest.
+fn weight_kernel<T: Real>(isa: Isa, taps: usize) -> (usize, usize, WeightFn<T>) {
+    let waste = |ob: usize| taps.div_ceil(ob) * ob - taps;
+    let ob = [7, 6, 5].into_iter().min_by_key(|&ob| waste(ob)).expect("non-empty");
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx512<T: Real, const KB: usize, const OB: usize>(
+            xs: *const T, dys: *const T, count: usize, cin: usize, kpad: usize, stride: usize, span: usize, offs: &[usize], acc: *mut T,
+        ) {
+            // SAFETY: forwarded from the caller (this CPU has AVX-512F).
+            unsafe { weight_blocks::<T::V512, KB, OB>(xs, dys, count, cin, kpad, stride, span, offs, acc) }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx2<T: Real, const KB: usize, const OB: usize>(
+            xs: *const T, dys: *const T, count: usize, cin: usize, kpad: usize, stride: usize, span: usize, offs: &[usize], acc: *mut T,
+        ) {
+            // SAFETY: forwarded from the caller (this CPU has AVX2 and FMA).
+            unsafe { weight_blocks::<T::V256, KB, OB>(xs, dys, count, cin, kpad, stride, span, offs, acc) }
+        }
+        // KB * OB accumulators, KB gradient vectors and one input vector fit the registers.
+        let (kb, kernel): (usize, WeightFn<T>) = match (isa, ob) {
+            (Isa::Avx512, 7) => (3, avx512::<T, 3, 7>),
+            (Isa::Avx512, 6) => (4, avx512::<T, 4, 6>),
+            (Isa::Avx512, _) => (4, avx512::<T, 4, 5>),
+            (Isa::Avx2, 7) => (1, avx2::<T, 1, 7>),
+            (Isa::Avx2, 6) => (2, avx2::<T, 2, 6>),
+            (Isa::Avx2, _) => (2, avx2::<T, 2, 5>),
+        };
+        (kb, ob, kernel)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("Isa::detect finds no instruction set off x86-64")
+}
+
+/// Adds `dys[i][k][p] * xs[i][c][p + offs[t]]` over samples `i < count` and positions
+/// `p < span` into the lane accumulators `acc[b][c][tb][j][o]` (one vector each) of channel
+/// `k = b * KB + j`, input channel `c` and tap `t = tb * OB + o`, `KB` channels by `OB` taps at a
+/// time. Lane `l` of an accumulator sums the positions `p = l (mod LANES)` in order; taps past
+/// the end repeat tap 0 and their accumulators are ignored by the caller.
+///
+/// # Safety
+/// This CPU has `V`'s instruction set; `xs` holds `count * cin` rows of `stride`, `dys` `count *
+/// kpad` rows of `span` (a multiple of `V::LANES`), `acc` `kpad * cin * taps.div_ceil(OB) * OB`
+/// vectors.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn weight_blocks<V: Vector, const KB: usize, const OB: usize>(
+    xs: *const V::Elem,
+    dys: *const V::Elem,
+    count: usize,
+    cin: usize,
+    kpad: usize,
+    stride: usize,
+    span: usize,
+    offs: &[usize],
+    acc: *mut V::Elem,
+) {
+    let tap_blocks = offs.len().div_ceil(OB);
+    // SAFETY (whole body): every pointer stays inside the ranges the caller documents.
+    unsafe {
+        for b in 0..kpad / KB {
+            for c in 0..cin {
+                for tb in 0..tap_blocks {
+                    let off: [usize; OB] = std::array::from_fn(|o| offs.get(tb * OB + o).copied().unwrap_or(0));
+                    let at = acc.add((((b * cin + c) * tap_blocks + tb) * KB * OB) * V::LANES);
+                    let mut sums: [[V; OB]; KB] = std::array::from_fn(|j| std::array::from_fn(|o| V::load(at.add((j * OB + o) * V::LANES))));
+                    for i in 0..count {
+                        let x = xs.add((i * cin + c) * stride);
+                        let d = dys.add((i * kpad + b * KB) * span);
+                        for p in (0..span).step_by(V::LANES) {
+                            let dv: [V; KB] = std::array::from_fn(|j| V::load(d.add(j * span + p)));
+                            for o in 0..OB {
+                                let xv = V::load(x.add(p + off[o]));
+                                for j in 0..KB {
+                                    sums[j][o] = xv.mul_add(dv[j], sums[j][o]);
+                                }
+                            }
+                        }
+                    }
+                    for (j, row) in sums.iter().enumerate() {
+                        for (o, v) in row.iter().enumerate() {
+                            v.store(at.add((j * OB + o) * V::LANES));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Sums the `L` lanes of each accumulator in `acc` into `out`, each as a fixed pairwise tree.
+fn lane_sums<T: Real, const L: usize>(acc: &[T], out: &mut [T]) {
+    for (o, lanes) in out.iter_mut().zip(acc.chunks_exact(L)) {
+        let mut v: [T; L] = lanes.try_into().expect("L lanes");
+        let mut n = L;
+        while n > 1 {
+            n /= 2;
+            for i in 0..n {
+                v[i] += v[i + n];
+            }
+        }
+        *o = v[0];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::testutil;
+    use crate::params::{ConvParams, Padding, PaddingMode};
+
+    fn geometry(x: &[usize], w: &[usize], pad: usize, dil: usize, groups: usize) -> ConvGeometry {
+        let dims = x.len() - 2;
+        let params = ConvParams {
+            stride: vec![1; dims],
+            padding: Padding::Explicit(vec![pad; dims]),
+            dilation: vec![dil; dims],
+            groups,
+            padding_mode: PaddingMode::Zeros,
+        };
+        params.geometry(x, w).unwrap()
+    }
+
+    /// (input, weight, padding, dilation, groups)
+    type Case = (&'static [usize], &'static [usize], usize, usize, usize);
+
+    const CASES: [Case; 11] = [
+        (&[2, 3, 12, 11], &[6, 3, 5, 5], 0, 1, 1),
+        (&[3, 6, 14, 14], &[16, 6, 5, 5], 2, 1, 1),
+        (&[1, 4, 9, 13], &[6, 2, 3, 3], 1, 2, 2),
+        (&[2, 5, 37], &[7, 5, 7], 3, 1, 1),
+        (&[1, 3, 5, 6, 7], &[9, 3, 3, 3, 3], 1, 1, 1),
+        (&[2, 2, 6, 5], &[3, 2, 2, 4], 4, 1, 1),
+        (&[1, 1, 40, 3], &[17, 1, 3, 1], 1, 1, 1),
+        (&[2, 12, 7, 7], &[4, 12, 1, 2], 0, 3, 1),
+        (&[1, 2, 3, 3], &[13, 2, 3, 3], 0, 1, 1),
+        // Several weight-gradient chunks; then rows of one sample split into units.
+        (&[8, 8, 60, 70], &[8, 8, 3, 3], 1, 1, 1),
+        (&[4, 16, 80, 80], &[4, 16, 3, 3], 1, 1, 1),
+    ];
+
+    /// The direct kernels against im2col (which the other tests check against the definition),
+    /// for each instruction set, in f64 (tight) and f32.
+    #[test]
+    fn direct_matches_im2col() {
+        for isa in Isa::available() {
+            for (i, &(xs, ws, pad, dil, groups)) in CASES.iter().enumerate() {
+                let geo = geometry(xs, ws, pad, dil, groups);
+                let x = testutil::filled(xs.iter().product(), 1 + i as u64);
+                let w = testutil::filled(ws.iter().product(), 2 + i as u64);
+                let y_len: usize = geo.output_shape().iter().product();
+                let dy = testutil::filled(y_len, 3 + i as u64);
+                let bias = testutil::filled(geo.c_out, 4 + i as u64);
+                let (cg, kg) = (geo.c_in_per_group(), geo.c_out_per_group());
+
+                let mut want = vec![0.0; y_len];
+                crate::conv::im2col::forward(&x, &w, Some(&bias), &geo, &mut want);
+                let kb = block_rows(isa, kg);
+                let packed = pack_weights(&w, geo.groups, cg, kg, geo.kernel_volume(), kb, false);
+                let mut got = vec![0.0; y_len];
+                correlate(isa, &x, geo.n, geo.groups, cg, kg, &Plane::forward(&geo), &packed, kb, Some(&bias), &mut got);
+                assert_close(&got, &want, 1e-12, &format!("forward case {i} {isa:?}"));
+
+                let mut want = vec![0.0; x.len()];
+                crate::conv::im2col::backward_input(&dy, &w, &geo, &mut want);
+                let kb = block_rows(isa, cg);
+                let packed = pack_weights(&w, geo.groups, kg, cg, geo.kernel_volume(), kb, true);
+                let mut got = vec![0.0; x.len()];
+                correlate(isa, &dy, geo.n, geo.groups, kg, cg, &Plane::transposed(&geo), &packed, kb, None, &mut got);
+                assert_close(&got, &want, 1e-12, &format!("backward input case {i} {isa:?}"));
+
+                if isa == Isa::detect().unwrap() {
+                    let mut want = vec![0.0; w.len()];
+                    crate::conv::im2col::backward_weight(&x, &dy, &geo, &mut want);
+                    let mut got = vec![0.0; w.len()];
+                    backward_weight(&x, &dy, &geo, &mut got);
+                    assert_close(&got, &want, 1e-12, &format!("backward weight case {i}"));
+
+                    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+                    let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+                    let mut got32 = vec![0.0f32; y_len];
+                    forward(&x32, &w32, None, &geo, &mut got32);
+                    let mut want = vec![0.0; y_len];
+                    crate::conv::im2col::forward(&x, &w, None, &geo, &mut want);
+                    let got: Vec<f64> = got32.iter().map(|&v| v as f64).collect();
+                    assert_close(&got, &want, 1e-5, &format!("forward f32 case {i}"));
+                }
+            }
+        }
+    }
+
+    fn assert_close(got: &[f64], want: &[f64], tol: f64, what: &str) {
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= tol * scale, "{what}: max error {err} (scale {scale})");
+    }
+
+    #[test]
+    fn blocks_waste_the_fewest_channels() {
+        assert_eq!(block_rows(Isa::Avx512, 16), 8);
+        assert_eq!(block_rows(Isa::Avx512, 6), 6);
+        assert_eq!(block_rows(Isa::Avx512, 3), 4);
+        assert_eq!(block_rows(Isa::Avx2, 16), 4);
+        assert_eq!(block_rows(Isa::Avx2, 12), 6);
+    }
+}
