@@ -73,6 +73,30 @@ impl Real for f64 {
     }
 }
 
+/// The sum of `v` in a fixed order that vectorises: 16 running sums over consecutive elements,
+/// added pairwise at the end, then the tail. (A plain `.sum()` is one chain of dependent adds,
+/// 4 cycles each; this is several times faster and no less accurate.)
+pub(crate) fn sum<T: Real>(v: &[T]) -> T {
+    const L: usize = 16;
+    let mut acc = [T::zero(); L];
+    let chunks = v.chunks_exact(L);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    let mut n = L;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            let right = acc[i + n];
+            acc[i] += right;
+        }
+    }
+    tail.iter().fold(acc[0], |s, &x| s + x)
+}
+
 /// The number of elements of `shape`, or an `Alloc` error when it (or its byte size) overflows.
 pub(crate) fn checked_len<T>(shape: &[usize], what: &'static str) -> Result<usize> {
     let too_big = || {

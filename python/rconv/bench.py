@@ -13,7 +13,9 @@ line and makes the command exit with status 1.
 
 Timing: rconv and the peers run interleaved in one loop (rconv, torch, onnxruntime, rconv, ...)
 and the best of N repetitions is reported for each, so a machine that slows down or speeds up
-during the run affects all of them alike. Each entry stops repeating once it has used its time
+during the run affects all of them alike. Each timed call directly follows an untimed call of
+the same function, so it runs warm (its own threads awake, its caches filled), as in a training
+loop, rather than in the wake of the previous library's threads. Each entry stops repeating once it has used its time
 cap (it still runs at least two repetitions).
 
 Peak memory (Linux): VmHWM is reset through ``/proc/self/clear_refs`` right before one extra,
@@ -60,7 +62,7 @@ QUICK_REPEAT = 2
 DEFAULT_CAP_S = 8.0  # time cap of one entry's timing loop
 QUICK_CAP_S = 2.0
 MIN_REPS = 2
-PAUSE_S = 0.003  # between timed calls: lets the previous runner's worker threads stop spinning
+PAUSE_S = 0.003  # between runners: lets the previous runner's worker threads stop spinning
 
 FWD = "forward"
 FWDBWD = "forward+backward"
@@ -725,13 +727,17 @@ def interleaved_best(calls: Dict[Tuple[str, str], Callable[[], Any]], repeat: in
     start = time.perf_counter()
     for rep in range(repeat):
         for key, fn in calls.items():
+            if pause_s:
+                time.sleep(pause_s)
+            # An untimed call first: the timed one then finds its own threads awake and caches
+            # warm, as in a training loop, instead of paying for the previous runner's threads
+            # (OpenMP workers spin for a while after a torch call) or for waking its own.
+            fn()
             t0 = time.perf_counter()
             out = fn()
             t1 = time.perf_counter()
             del out
             times[key].append(t1 - t0)
-            if pause_s:
-                time.sleep(pause_s)
         if rep + 1 >= min_reps and time.perf_counter() - start > cap_s:
             break
     return times

@@ -43,8 +43,8 @@ const TASK_SOURCE_ELEMS: usize = 1 << 17;
 /// Most sample chunks of the weight gradient (each owns a partial gradient, summed in order).
 const MAX_WEIGHT_CHUNKS: usize = 8;
 /// Fewest multiply-adds per weight-gradient chunk: each chunk zeroes, fills and sums its own
-/// accumulators (LeNet's second layer, 15 M multiply-adds, takes 2 chunks).
-const MIN_CHUNK_WORK: usize = 1 << 22;
+/// accumulators (LeNet's first layer, 7.5 M multiply-adds, takes 4 chunks).
+const MIN_CHUNK_WORK: usize = 1 << 20;
 
 /// Elements of the padded inputs and wide output gradients that a weight-gradient kernel call
 /// reads (512 KiB of f32), so that they stay in L2 while every (channel block, tap block)
@@ -296,11 +296,18 @@ pub(crate) fn backward_input<T: Real>(dy: &[T], w: &[T], geo: &ConvGeometry, dx:
 /// gradient; the partials are added in chunk order.
 pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw: &mut [T]) {
     let isa = Isa::detect().expect("direct::applies checked the CPU");
+    let block = weight_block(isa, geo.c_out_per_group(), geo.kernel_volume());
+    backward_weight_with(isa, block, x, dy, geo, dw);
+}
+
+/// `backward_weight` with a given instruction set and block (`weight_block`'s choice, or any
+/// block of `isa` in the tests).
+fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy: &[T], geo: &ConvGeometry, dw: &mut [T]) {
     let plane = Plane::forward(geo);
     let (cg, kg, groups) = (geo.c_in_per_group(), geo.c_out_per_group(), geo.groups);
     let offs = plane.offsets();
     let taps = offs.len();
-    let (kb, ob, kernel) = weight_kernel::<T>(isa, taps);
+    let kernel = weight_kernel::<T>(isa, (kb, ob));
     let kpad = kg.div_ceil(kb) * kb;
     let (lanes, tap_blocks) = (lanes::<T>(isa), taps.div_ceil(ob));
     let tile = VB * lanes;
@@ -463,11 +470,24 @@ unsafe fn forward_block<V: Vector, const KB: usize>(
     }
 }
 
-/// The weight-gradient kernel for `isa` and `taps` kernel taps, with its block
-/// (output channels, taps): the tap block that wastes the fewest taps, then the largest.
-fn weight_kernel<T: Real>(isa: Isa, taps: usize) -> (usize, usize, WeightFn<T>) {
-    let waste = |ob: usize| taps.div_ceil(ob) * ob - taps;
-    let ob = [7, 6, 5].into_iter().min_by_key(|&ob| waste(ob)).expect("non-empty");
+/// Weight-gradient blocks (output channels, taps) by instruction set: `KB * OB` accumulators,
+/// `KB` gradient vectors and one input vector fit the 32 (AVX-512) or 16 (AVX2) registers.
+const WEIGHT_BLOCKS_AVX512: [(usize, usize); 5] = [(4, 6), (4, 5), (3, 7), (3, 5), (6, 4)];
+const WEIGHT_BLOCKS_AVX2: [(usize, usize); 4] = [(2, 6), (2, 5), (1, 7), (3, 3)];
+
+/// The weight-gradient block for `kout` channels and `taps` taps: the least padded work
+/// (channels and taps rounded up to the block), then the largest block.
+fn weight_block(isa: Isa, kout: usize, taps: usize) -> (usize, usize) {
+    let blocks: &[(usize, usize)] = match isa {
+        Isa::Avx512 => &WEIGHT_BLOCKS_AVX512,
+        Isa::Avx2 => &WEIGHT_BLOCKS_AVX2,
+    };
+    let padded = |(kb, ob): (usize, usize)| kout.div_ceil(kb) * kb * taps.div_ceil(ob) * ob;
+    blocks.iter().copied().min_by_key(|&b| (padded(b), usize::MAX - b.0 * b.1)).expect("non-empty")
+}
+
+/// The weight-gradient kernel for `isa` and a block from `weight_block`.
+fn weight_kernel<T: Real>(isa: Isa, (kb, ob): (usize, usize)) -> WeightFn<T> {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
@@ -486,16 +506,18 @@ fn weight_kernel<T: Real>(isa: Isa, taps: usize) -> (usize, usize, WeightFn<T>) 
             // SAFETY: forwarded from the caller (this CPU has AVX2 and FMA).
             unsafe { weight_blocks::<T::V256, KB, OB>(xs, dys, count, cin, kpad, stride, span, offs, acc) }
         }
-        // KB * OB accumulators, KB gradient vectors and one input vector fit the registers.
-        let (kb, kernel): (usize, WeightFn<T>) = match (isa, ob) {
-            (Isa::Avx512, 7) => (3, avx512::<T, 3, 7>),
-            (Isa::Avx512, 6) => (4, avx512::<T, 4, 6>),
-            (Isa::Avx512, _) => (4, avx512::<T, 4, 5>),
-            (Isa::Avx2, 7) => (1, avx2::<T, 1, 7>),
-            (Isa::Avx2, 6) => (2, avx2::<T, 2, 6>),
-            (Isa::Avx2, _) => (2, avx2::<T, 2, 5>),
-        };
-        (kb, ob, kernel)
+        match (isa, kb, ob) {
+            (Isa::Avx512, 4, 6) => avx512::<T, 4, 6>,
+            (Isa::Avx512, 4, 5) => avx512::<T, 4, 5>,
+            (Isa::Avx512, 3, 7) => avx512::<T, 3, 7>,
+            (Isa::Avx512, 3, 5) => avx512::<T, 3, 5>,
+            (Isa::Avx512, 6, 4) => avx512::<T, 6, 4>,
+            (Isa::Avx2, 2, 6) => avx2::<T, 2, 6>,
+            (Isa::Avx2, 2, 5) => avx2::<T, 2, 5>,
+            (Isa::Avx2, 1, 7) => avx2::<T, 1, 7>,
+            (Isa::Avx2, 3, 3) => avx2::<T, 3, 3>,
+            _ => unreachable!("weight_block returns one of the instantiated blocks"),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("Isa::detect finds no instruction set off x86-64")
@@ -638,12 +660,19 @@ mod tests {
                 correlate(isa, &dy, geo.n, geo.groups, kg, cg, &Plane::transposed(&geo), &packed, kb, None, &mut got);
                 assert_close(&got, &want, 1e-12, &format!("backward input case {i} {isa:?}"));
 
-                if isa == Isa::detect().unwrap() {
-                    let mut want = vec![0.0; w.len()];
-                    crate::conv::im2col::backward_weight(&x, &dy, &geo, &mut want);
+                let mut want = vec![0.0; w.len()];
+                crate::conv::im2col::backward_weight(&x, &dy, &geo, &mut want);
+                let blocks: &[(usize, usize)] = match isa {
+                    Isa::Avx512 => &WEIGHT_BLOCKS_AVX512,
+                    Isa::Avx2 => &WEIGHT_BLOCKS_AVX2,
+                };
+                for &block in blocks {
                     let mut got = vec![0.0; w.len()];
-                    backward_weight(&x, &dy, &geo, &mut got);
-                    assert_close(&got, &want, 1e-12, &format!("backward weight case {i}"));
+                    backward_weight_with(isa, block, &x, &dy, &geo, &mut got);
+                    assert_close(&got, &want, 1e-12, &format!("backward weight case {i} {isa:?} {block:?}"));
+                }
+
+                if isa == Isa::detect().unwrap() {
 
                     let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
                     let w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
@@ -671,5 +700,9 @@ mod tests {
         assert_eq!(block_rows(Isa::Avx512, 3), 4);
         assert_eq!(block_rows(Isa::Avx2, 16), 4);
         assert_eq!(block_rows(Isa::Avx2, 12), 6);
+        assert_eq!(weight_block(Isa::Avx512, 6, 25), (3, 5));
+        assert_eq!(weight_block(Isa::Avx512, 16, 25), (4, 5));
+        assert_eq!(weight_block(Isa::Avx512, 64, 7), (3, 7));
+        assert_eq!(weight_block(Isa::Avx2, 6, 25), (2, 5));
     }
 }

@@ -496,6 +496,6 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
 pub(crate) fn backward_bias<T: Real>(dy: &[T], geo: &ConvGeometry, db: &mut [T]) {
     let out_len = geo.output_len();
     parallel::for_each_chunk(db, 1, dy.len(), |k, d| {
-        d[0] = (0..geo.n).map(|n| dy[(n * geo.c_out + k) * out_len..][..out_len].iter().copied().sum::<T>()).sum();
+        d[0] = (0..geo.n).fold(T::zero(), |s, n| s + crate::element::sum(&dy[(n * geo.c_out + k) * out_len..][..out_len]));
     });
 }
