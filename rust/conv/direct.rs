@@ -1,4 +1,4 @@
-//! Direct convolution for stride 1 (any kernel, dilation, zero padding and groups, 1-3 D),
+//! Direct convolution (any kernel, stride, dilation, zero padding and groups, 1-3 D),
 //! register-blocked with explicit SIMD vectors (`crate::simd`).
 //!
 //! im2col copies every input patch and the GEMM then packs it again; when a layer has few
@@ -12,7 +12,10 @@
 //! output channels accumulate in registers, with one load per vector and one broadcast per
 //! weight for each (input channel, tap).
 //!
-//! The gradient of the input is the same correlation applied to the gradient of the output with
+//! A stride `s` splits each input channel into its `s^dims` phases (`Plane`), each correlated at
+//! stride 1 with the taps that fall on it, so strided layers run the same dense loops.
+//!
+//! The gradient of the input (at stride 1) is the same correlation applied to the gradient of the output with
 //! the kernel flipped and transposed (`Plane::transposed`). The gradient of the weight is a dot
 //! product per (output channel, input channel, tap) over the wide positions; it runs `KB` output
 //! channels by `OB` taps in registers.
@@ -40,6 +43,11 @@ const KB_AVX2: [usize; 2] = [6, 4];
 /// rows per task follow from it; a task always has at least one row.
 const TASK_SOURCE_ELEMS: usize = 1 << 17;
 
+/// Fewest wide positions in a weight-gradient unit (rows of a sample, or whole samples), even
+/// past WEIGHT_BUFFER_ELEMS: res_3x3_s2 (512 phase rows of 225 positions) ran 4x slower in units
+/// of 8 rows than of 5 samples.
+const MIN_UNIT_POSITIONS: usize = 1024;
+
 /// Most sample chunks of the weight gradient (each owns a partial gradient, summed in order).
 const MAX_WEIGHT_CHUNKS: usize = 8;
 /// Fewest multiply-adds per weight-gradient chunk: each chunk zeroes, fills and sums its own
@@ -51,14 +59,35 @@ const MIN_CHUNK_WORK: usize = 1 << 20;
 /// pass re-reads them: measured 2x faster on conv1d_k7 than 4 MiB, which spilled to L3.
 const WEIGHT_BUFFER_ELEMS: usize = 1 << 17;
 
-/// Whether the direct kernels serve `geo`: stride 1 on a CPU with AVX2 or AVX-512.
-pub(crate) fn applies(geo: &ConvGeometry) -> bool {
-    geo.stride == [1; 3] && Isa::detect().is_some()
+/// Whether the direct kernels run on this CPU (AVX2 or AVX-512). They serve the forward and the
+/// weight gradient of every geometry, the input gradient at stride 1 (`input_gradient_applies`).
+pub(crate) fn available() -> bool {
+    Isa::detect().is_some()
 }
 
-/// A stride-1 correlation between channel volumes: `dst[k, q] = sum over c, taps t of
-/// w[k, c, t] * padded[c, q + t * dilation]`, where `padded` is the source placed at `lo` in a
-/// zero volume of `padded` dims (`lo` may be negative: the source is then cropped).
+/// Whether `backward_weight` serves `geo`: when a unit of MIN_UNIT_POSITIONS positions of every
+/// input phase and output channel fits twice WEIGHT_BUFFER_ELEMS. With more channels (res_3x3_s2:
+/// 4 x 128 phases and 256 outputs) the passes over the unit stream from L3, and im2col's GEMM,
+/// which blocks for the caches, was 2.3x faster.
+pub(crate) fn weight_gradient_applies(geo: &ConvGeometry) -> bool {
+    let phases: usize = geo.stride.iter().product();
+    let rows = geo.c_in_per_group() * phases + geo.c_out_per_group();
+    available() && rows * MIN_UNIT_POSITIONS <= 2 * WEIGHT_BUFFER_ELEMS
+}
+
+/// Whether `backward_input` serves `geo`: stride 1 (the input gradient of a strided
+/// convolution is not one correlation).
+pub(crate) fn input_gradient_applies(geo: &ConvGeometry) -> bool {
+    geo.stride == [1; 3] && available()
+}
+
+/// A correlation between channel volumes: `dst[k, q] = sum over c, taps t of w[k, c, t] *
+/// padded[c, q * stride + t * dilation]`, where `padded` is the source placed at `lo` in a zero
+/// volume (`lo` may be negative: the source is then cropped).
+///
+/// A stride is made dense by splitting each channel into its `phases` (one per residue of the
+/// position modulo the stride, per dimension): tap `t` reads phase `(t * dilation) % stride` at
+/// offset `(t * dilation) / stride`, a stride-1 correlation. The phases are `padded` in size.
 #[derive(Clone, Copy, Debug)]
 struct Plane {
     src: [usize; 3],
@@ -66,47 +95,59 @@ struct Plane {
     out: [usize; 3],
     kernel: [usize; 3],
     dilation: [usize; 3],
+    stride: [usize; 3],
     padded: [usize; 3],
 }
 
 impl Plane {
-    fn new(src: [usize; 3], lo: [isize; 3], out: [usize; 3], kernel: [usize; 3], dilation: [usize; 3]) -> Plane {
-        let padded = std::array::from_fn(|d| out[d] + (kernel[d] - 1) * dilation[d]);
-        Plane { src, lo, out, kernel, dilation, padded }
+    fn new(src: [usize; 3], lo: [isize; 3], out: [usize; 3], kernel: [usize; 3], dilation: [usize; 3], stride: [usize; 3]) -> Plane {
+        let padded = std::array::from_fn(|d| out[d] + (kernel[d] - 1) * dilation[d] / stride[d]);
+        Plane { src, lo, out, kernel, dilation, stride, padded }
     }
 
-    /// The forward convolution of `geo` (stride 1): the input, padded as `geo` says.
+    /// The forward convolution of `geo`: the input, padded as `geo` says.
     fn forward(geo: &ConvGeometry) -> Plane {
         let lo = geo.pad_lo.map(|p| p as isize);
-        Plane::new(geo.input, lo, geo.output, geo.kernel, geo.dilation)
+        Plane::new(geo.input, lo, geo.output, geo.kernel, geo.dilation, geo.stride)
     }
 
-    /// The gradient of the input of `geo`: the output gradient, padded by the dilated kernel
-    /// extent less the forward padding, correlated with the flipped kernel.
+    /// The gradient of the input of `geo` (stride 1): the output gradient, padded by the
+    /// dilated kernel extent less the forward padding, correlated with the flipped kernel.
     fn transposed(geo: &ConvGeometry) -> Plane {
         let lo = std::array::from_fn(|d| ((geo.kernel[d] - 1) * geo.dilation[d]) as isize - geo.pad_lo[d] as isize);
-        Plane::new(geo.output, lo, geo.input, geo.kernel, geo.dilation)
+        Plane::new(geo.output, lo, geo.input, geo.kernel, geo.dilation, [1; 3])
     }
 
-    /// Flat offsets of the kernel taps in the padded volume, in weight order.
-    fn offsets(&self) -> Vec<usize> {
+    fn phases(&self) -> usize {
+        self.stride.iter().product()
+    }
+
+    /// For each kernel tap, in weight order: its phase and its flat offset inside that phase.
+    fn taps(&self) -> Vec<(usize, usize)> {
         let [_, ph, pw] = self.padded;
         let [kd, kh, kw] = self.kernel;
-        let mut offs = Vec::with_capacity(kd * kh * kw);
+        let (s, d) = (self.stride, self.dilation);
+        let mut taps = Vec::with_capacity(kd * kh * kw);
         for z in 0..kd {
             for y in 0..kh {
                 for x in 0..kw {
-                    offs.push(((z * self.dilation[0] * ph) + y * self.dilation[1]) * pw + x * self.dilation[2]);
+                    let (z, y, x) = (z * d[0], y * d[1], x * d[2]);
+                    let phase = ((z % s[0]) * s[1] + y % s[1]) * s[2] + x % s[2];
+                    taps.push((phase, ((z / s[0]) * ph + y / s[1]) * pw + x / s[2]));
                 }
             }
         }
-        offs
+        taps
     }
 
+    /// The tap offsets into one channel's phases laid out `phase_len` apart.
+    fn offsets(&self, phase_len: usize) -> Vec<usize> {
+        self.taps().iter().map(|&(phase, off)| phase * phase_len + off).collect()
+    }
+
+    /// The largest offset of a tap inside its phase.
     fn max_offset(&self) -> usize {
-        let [_, ph, pw] = self.padded;
-        ((self.kernel[0] - 1) * self.dilation[0] * ph + (self.kernel[1] - 1) * self.dilation[1]) * pw
-            + (self.kernel[2] - 1) * self.dilation[2]
+        self.taps().iter().map(|&(_, off)| off).max().unwrap_or(0)
     }
 
     /// Output rows (depth x height) of one channel.
@@ -132,35 +173,53 @@ impl Plane {
     fn out_len(&self) -> usize {
         self.out.iter().product()
     }
-}
 
-/// Copies padded positions `start .. start + dst.len()` of one source channel into `dst`
-/// (zero where the padded volume has no source element, and past its end).
-fn fill_padded<T: Real>(src: &[T], plane: &Plane, start: usize, dst: &mut [T]) {
-    let [_, ph, pw] = plane.padded;
-    let [sd, sh, sw] = plane.src;
-    let mut f = start;
-    let mut rest = dst;
-    while !rest.is_empty() {
-        let (row, col) = (f / pw, f % pw);
-        let run = (pw - col).min(rest.len());
-        let (piece, tail) = rest.split_at_mut(run);
-        rest = tail;
-        f += run;
-        let z = (row / ph) as isize - plane.lo[0];
-        let y = (row % ph) as isize - plane.lo[1];
-        if z < 0 || z >= sd as isize || y < 0 || y >= sh as isize {
-            piece.fill(T::zero());
-            continue;
+    /// Copies positions `start .. start + phase_len` of every phase of one source channel
+    /// into `dst` (phases `phase_len` apart; zero where the padded volume has no source
+    /// element, and past its end).
+    fn fill<T: Real>(&self, src: &[T], start: usize, phase_len: usize, dst: &mut [T]) {
+        let [_, s1, s2] = self.stride;
+        for (phase, dst) in dst.chunks_exact_mut(phase_len).enumerate() {
+            self.fill_phase(src, [phase / (s1 * s2), phase / s2 % s1, phase % s2], start, dst);
         }
-        // Columns col .. col + run hold source columns x0 .. x0 + run; [a, b) of them exist.
-        let x0 = col as isize - plane.lo[2];
-        let a = (-x0).clamp(0, run as isize) as usize;
-        let b = (sw as isize - x0).clamp(a as isize, run as isize) as usize;
-        let from = ((z as usize * sh + y as usize) * sw) as isize + x0 + a as isize;
-        piece[..a].fill(T::zero());
-        piece[a..b].copy_from_slice(&src[from as usize..][..b - a]);
-        piece[b..].fill(T::zero());
+    }
+
+    /// One phase of `fill`: element `(z, y, x)` of the phase is padded position
+    /// `(z, y, x) * stride + phase`.
+    fn fill_phase<T: Real>(&self, src: &[T], phase: [usize; 3], start: usize, dst: &mut [T]) {
+        let [_, ph, pw] = self.padded;
+        let [sd, sh, sw] = self.src;
+        let [_, _, sx] = self.stride;
+        let at = |d: usize, i: usize| (i * self.stride[d] + phase[d]) as isize - self.lo[d];
+        let mut f = start;
+        let mut rest = dst;
+        while !rest.is_empty() {
+            let (row, col) = (f / pw, f % pw);
+            let run = (pw - col).min(rest.len());
+            let (piece, tail) = rest.split_at_mut(run);
+            rest = tail;
+            f += run;
+            let (z, y) = (at(0, row / ph), at(1, row % ph));
+            if z < 0 || z >= sd as isize || y < 0 || y >= sh as isize {
+                piece.fill(T::zero());
+                continue;
+            }
+            // Piece element i holds source column x0 + i * sx; those in [a, b) exist.
+            let x0 = at(2, col);
+            let a = ((-x0).max(0) as usize).div_ceil(sx).min(run);
+            let b = if x0 >= sw as isize { a } else { ((sw as isize - x0) as usize).div_ceil(sx).clamp(a, run) };
+            let row_src = &src[(z as usize * sh + y as usize) * sw..][..sw];
+            piece[..a].fill(T::zero());
+            let first = (x0 + (a * sx) as isize) as usize;
+            if sx == 1 {
+                piece[a..b].copy_from_slice(&row_src[first..][..b - a]);
+            } else {
+                for (i, d) in piece[a..b].iter_mut().enumerate() {
+                    *d = row_src[first + i * sx];
+                }
+            }
+            piece[b..].fill(T::zero());
+        }
     }
 }
 
@@ -224,12 +283,12 @@ fn correlate<T: Real>(
     bias: Option<&[T]>,
     out: &mut [T],
 ) {
-    let offs = plane.offsets();
-    let taps = offs.len();
+    let taps = plane.taps().len();
+    let phases = plane.phases();
     let tile = VB * lanes::<T>(isa);
     let (rows, width) = (plane.rows(), plane.out[2]);
     let (src_len, out_len) = (plane.src_len(), plane.out_len());
-    let budget = (TASK_SOURCE_ELEMS / cin.max(1)).saturating_sub(plane.max_offset());
+    let budget = (TASK_SOURCE_ELEMS / (cin * phases).max(1)).saturating_sub(plane.max_offset());
     let task_rows = (budget / plane.padded[2]).clamp(1, rows);
     let chunks = rows.div_ceil(task_rows);
     let blocks = kout.div_ceil(kb);
@@ -242,18 +301,20 @@ fn correlate<T: Real>(
         let (r0, r1) = (chunk * task_rows, ((chunk + 1) * task_rows).min(rows));
         let (start, end) = plane.wide_span(r0, r1);
         let span = (end - start).div_ceil(tile) * tile;
-        let stride = span + plane.max_offset();
+        let phase_len = span + plane.max_offset();
+        let stride = phases * phase_len;
+        let offs = plane.offsets(phase_len);
         xs.resize(cin * stride, T::zero());
         wide.resize(kb * span, T::zero());
         for c in 0..cin {
             let channel = &src[((s * groups + g) * cin + c) * src_len..][..src_len];
-            fill_padded(channel, plane, start, &mut xs[c * stride..][..stride]);
+            plane.fill(channel, start, phase_len, &mut xs[c * stride..][..stride]);
         }
         for b in 0..blocks {
             let w = &packed[((g * blocks + b) * cin * taps) * kb..][..cin * taps * kb];
             // SAFETY: `kernel` was chosen for `isa`, which this CPU has. It reads `cin` channels
-            // of `stride` elements from `xs` at positions `p + offs[t]` with
-            // `p < span` and `offs[t] <= max_offset`, all inside `xs`; `cin * taps * kb`
+            // of `stride` elements from `xs` at positions `p + offs[t]` with `p < span` and
+            // `offs[t] <= (phases - 1) * phase_len + max_offset`, all inside `xs`; `cin * taps * kb`
             // weights; and writes `kb` rows of `span` elements into `wide`.
             unsafe { kernel(xs.as_ptr(), stride, cin, &offs, w.as_ptr(), span, wide.as_mut_ptr()) };
             for j in 0..kb.min(kout - b * kb) {
@@ -273,9 +334,9 @@ fn correlate<T: Real>(
     });
 }
 
-/// `out (N, K, *out) = conv(x (N, C, *in), w (K, C / groups, *kernel)) + bias` at stride 1.
+/// `out (N, K, *out) = conv(x (N, C, *in), w (K, C / groups, *kernel)) + bias`.
 pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeometry, out: &mut [T]) {
-    let isa = Isa::detect().expect("direct::applies checked the CPU");
+    let isa = Isa::detect().expect("direct::available checked the CPU");
     let (cg, kg) = (geo.c_in_per_group(), geo.c_out_per_group());
     let kb = block_rows(isa, kg);
     let packed = pack_weights(w, geo.groups, cg, kg, geo.kernel_volume(), kb, false);
@@ -284,18 +345,18 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
 
 /// `dx (N, C, *in)`: the gradient of the input for `dy (N, K, *out)`, at stride 1.
 pub(crate) fn backward_input<T: Real>(dy: &[T], w: &[T], geo: &ConvGeometry, dx: &mut [T]) {
-    let isa = Isa::detect().expect("direct::applies checked the CPU");
+    let isa = Isa::detect().expect("direct::available checked the CPU");
     let (cg, kg) = (geo.c_in_per_group(), geo.c_out_per_group());
     let kb = block_rows(isa, cg);
     let packed = pack_weights(w, geo.groups, kg, cg, geo.kernel_volume(), kb, true);
     correlate(isa, dy, geo.n, geo.groups, kg, cg, &Plane::transposed(geo), &packed, kb, None, dx);
 }
 
-/// `dw (K, C / groups, *kernel)`: the gradient of the weight for input `x` and `dy`, at
-/// stride 1. Sample chunks (a count fixed by the shapes) each sum into their own partial
+/// `dw (K, C / groups, *kernel)`: the gradient of the weight for input `x` and `dy`. Sample
+/// chunks (a count fixed by the shapes) each sum into their own partial
 /// gradient; the partials are added in chunk order.
 pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw: &mut [T]) {
-    let isa = Isa::detect().expect("direct::applies checked the CPU");
+    let isa = Isa::detect().expect("direct::available checked the CPU");
     let block = weight_block(isa, geo.c_out_per_group(), geo.kernel_volume());
     backward_weight_with(isa, block, x, dy, geo, dw);
 }
@@ -305,8 +366,7 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
 fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy: &[T], geo: &ConvGeometry, dw: &mut [T]) {
     let plane = Plane::forward(geo);
     let (cg, kg, groups) = (geo.c_in_per_group(), geo.c_out_per_group(), geo.groups);
-    let offs = plane.offsets();
-    let taps = offs.len();
+    let (taps, phases) = (plane.taps().len(), plane.phases());
     let kernel = weight_kernel::<T>(isa, (kb, ob));
     let kpad = kg.div_ceil(kb) * kb;
     let (lanes, tap_blocks) = (lanes::<T>(isa), taps.div_ceil(ob));
@@ -316,10 +376,13 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
     // A unit of work is some output rows of some samples whose padded inputs and wide output
     // gradients fit WEIGHT_BUFFER_ELEMS: several whole samples when they are small, else the
     // rows of one sample that fit (at least one).
-    let budget = (WEIGHT_BUFFER_ELEMS / (cg + kpad)).saturating_sub(plane.max_offset() + tile);
-    // At least a few halos' worth of rows, else the halo (max_offset) is copied many times over.
+    let budget = (WEIGHT_BUFFER_ELEMS / (cg * phases + kpad)).saturating_sub(plane.max_offset() + tile);
+    // At least a few halos' worth of rows, else the halo (max_offset) is copied many times over;
+    // and at least MIN_UNIT_POSITIONS, else each accumulator block does too little between its
+    // load and store (many channels on a small map).
     let halo_rows = 4 * plane.max_offset() / plane.padded[2];
-    let unit_rows = (budget / plane.padded[2]).max(halo_rows).clamp(1, rows);
+    let min_rows = MIN_UNIT_POSITIONS.div_ceil(plane.padded[2]);
+    let unit_rows = (budget / plane.padded[2]).max(halo_rows).max(min_rows).clamp(1, rows);
     let row_chunks = rows.div_ceil(unit_rows);
     let work = geo.n * geo.c_out * out_len * cg * taps;
     // A power of two (even splits on 2 or 4 threads), each with enough work to pay its partial.
@@ -327,8 +390,9 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
     let chunks = 1 << chunks.ilog2();
     let per_chunk = geo.n.div_ceil(chunks);
     let (start, end) = plane.wide_span(0, rows);
-    let sample_elems = (cg + kpad) * ((end - start).div_ceil(tile) * tile + plane.max_offset());
-    let batch = if row_chunks > 1 { 1 } else { (WEIGHT_BUFFER_ELEMS / sample_elems).clamp(1, per_chunk) };
+    let sample_elems = (cg * phases + kpad) * ((end - start).div_ceil(tile) * tile + plane.max_offset());
+    let min_samples = MIN_UNIT_POSITIONS.div_ceil(end - start);
+    let batch = if row_chunks > 1 { 1 } else { (WEIGHT_BUFFER_ELEMS / sample_elems).max(min_samples).clamp(1, per_chunk) };
     let mut partials = vec![T::zero(); chunks * dw.len()];
     parallel::for_each_chunk(&mut partials, dw.len(), work, |chunk, partial| {
         let (mut xs, mut dys) = (Vec::new(), Vec::new());
@@ -340,7 +404,9 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
                 let (r0, r1) = (rc * unit_rows, ((rc + 1) * unit_rows).min(rows));
                 let (start, end) = plane.wide_span(r0, r1);
                 let span = (end - start).div_ceil(tile) * tile;
-                let stride = span + plane.max_offset();
+                let phase_len = span + plane.max_offset();
+                let stride = phases * phase_len;
+                let offs = plane.offsets(phase_len);
                 xs.resize(count * cg * stride, T::zero());
                 dys.resize(count * kpad * span, T::zero());
                 for g in 0..groups {
@@ -348,7 +414,7 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
                         let s = first + i;
                         for c in 0..cg {
                             let channel = &x[((s * groups + g) * cg + c) * in_len..][..in_len];
-                            fill_padded(channel, &plane, start, &mut xs[(i * cg + c) * stride..][..stride]);
+                            plane.fill(channel, start, phase_len, &mut xs[(i * cg + c) * stride..][..stride]);
                         }
                         // The wide grid's discarded columns and the channels past `kg` are zero.
                         let wide = &mut dys[i * kpad * span..][..kpad * span];
@@ -364,7 +430,7 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
                     let acc = &mut acc[g * acc_len..][..acc_len];
                     // SAFETY: `kernel` was chosen for `isa`, which this CPU has. For `count` samples
                     // it reads `cg` rows of `stride` elements of `xs` at `p + offs[t]` (`p < span`,
-                    // `offs[t] <= max_offset`) and `kpad` rows of `span` elements of `dys`, and
+                    // `offs[t] < stride - span`) and `kpad` rows of `span` elements of `dys`, and
                     // adds into the `kpad * cg * tap_blocks * ob` vectors of `acc`.
                     unsafe { kernel(xs.as_ptr(), dys.as_ptr(), count, cg, kpad, stride, span, &offs, acc.as_mut_ptr()) };
                 }
@@ -600,10 +666,10 @@ mod tests {
     use crate::conv::testutil;
     use crate::params::{ConvParams, Padding, PaddingMode};
 
-    fn geometry(x: &[usize], w: &[usize], pad: usize, dil: usize, groups: usize) -> ConvGeometry {
+    fn geometry(x: &[usize], w: &[usize], pad: usize, dil: usize, groups: usize, stride: usize) -> ConvGeometry {
         let dims = x.len() - 2;
         let params = ConvParams {
-            stride: vec![1; dims],
+            stride: vec![stride; dims],
             padding: Padding::Explicit(vec![pad; dims]),
             dilation: vec![dil; dims],
             groups,
@@ -612,22 +678,29 @@ mod tests {
         params.geometry(x, w).unwrap()
     }
 
-    /// (input, weight, padding, dilation, groups)
-    type Case = (&'static [usize], &'static [usize], usize, usize, usize);
+    /// (input, weight, padding, dilation, groups, stride)
+    type Case = (&'static [usize], &'static [usize], usize, usize, usize, usize);
 
-    const CASES: [Case; 11] = [
-        (&[2, 3, 12, 11], &[6, 3, 5, 5], 0, 1, 1),
-        (&[3, 6, 14, 14], &[16, 6, 5, 5], 2, 1, 1),
-        (&[1, 4, 9, 13], &[6, 2, 3, 3], 1, 2, 2),
-        (&[2, 5, 37], &[7, 5, 7], 3, 1, 1),
-        (&[1, 3, 5, 6, 7], &[9, 3, 3, 3, 3], 1, 1, 1),
-        (&[2, 2, 6, 5], &[3, 2, 2, 4], 4, 1, 1),
-        (&[1, 1, 40, 3], &[17, 1, 3, 1], 1, 1, 1),
-        (&[2, 12, 7, 7], &[4, 12, 1, 2], 0, 3, 1),
-        (&[1, 2, 3, 3], &[13, 2, 3, 3], 0, 1, 1),
+    const CASES: [Case; 17] = [
+        (&[2, 3, 12, 11], &[6, 3, 5, 5], 0, 1, 1, 1),
+        (&[3, 6, 14, 14], &[16, 6, 5, 5], 2, 1, 1, 1),
+        (&[1, 4, 9, 13], &[6, 2, 3, 3], 1, 2, 2, 1),
+        (&[2, 5, 37], &[7, 5, 7], 3, 1, 1, 1),
+        (&[1, 3, 5, 6, 7], &[9, 3, 3, 3, 3], 1, 1, 1, 1),
+        (&[2, 2, 6, 5], &[3, 2, 2, 4], 4, 1, 1, 1),
+        (&[1, 1, 40, 3], &[17, 1, 3, 1], 1, 1, 1, 1),
+        (&[2, 12, 7, 7], &[4, 12, 1, 2], 0, 3, 1, 1),
+        (&[1, 2, 3, 3], &[13, 2, 3, 3], 0, 1, 1, 1),
         // Several weight-gradient chunks; then rows of one sample split into units.
-        (&[8, 8, 60, 70], &[8, 8, 3, 3], 1, 1, 1),
-        (&[4, 16, 80, 80], &[4, 16, 3, 3], 1, 1, 1),
+        (&[8, 8, 60, 70], &[8, 8, 3, 3], 1, 1, 1, 1),
+        (&[4, 16, 80, 80], &[4, 16, 3, 3], 1, 1, 1, 1),
+        // Strides: phases of unequal sizes, strides above the kernel, with dilation and groups.
+        (&[2, 3, 15, 16], &[8, 3, 3, 3], 1, 1, 1, 2),
+        (&[1, 4, 11, 10], &[6, 2, 3, 2], 2, 2, 2, 3),
+        (&[2, 5, 29], &[4, 5, 4], 1, 1, 1, 3),
+        (&[1, 2, 7, 8, 9], &[3, 2, 3, 3, 3], 1, 1, 1, 2),
+        (&[1, 3, 9, 9], &[5, 3, 2, 2], 0, 1, 1, 4),
+        (&[2, 16, 28, 28], &[12, 16, 3, 3], 1, 1, 1, 2),
     ];
 
     /// The direct kernels against im2col (which the other tests check against the definition),
@@ -635,8 +708,8 @@ mod tests {
     #[test]
     fn direct_matches_im2col() {
         for isa in Isa::available() {
-            for (i, &(xs, ws, pad, dil, groups)) in CASES.iter().enumerate() {
-                let geo = geometry(xs, ws, pad, dil, groups);
+            for (i, &(xs, ws, pad, dil, groups, stride)) in CASES.iter().enumerate() {
+                let geo = geometry(xs, ws, pad, dil, groups, stride);
                 let x = testutil::filled(xs.iter().product(), 1 + i as u64);
                 let w = testutil::filled(ws.iter().product(), 2 + i as u64);
                 let y_len: usize = geo.output_shape().iter().product();
@@ -652,13 +725,15 @@ mod tests {
                 correlate(isa, &x, geo.n, geo.groups, cg, kg, &Plane::forward(&geo), &packed, kb, Some(&bias), &mut got);
                 assert_close(&got, &want, 1e-12, &format!("forward case {i} {isa:?}"));
 
-                let mut want = vec![0.0; x.len()];
-                crate::conv::im2col::backward_input(&dy, &w, &geo, &mut want);
-                let kb = block_rows(isa, cg);
-                let packed = pack_weights(&w, geo.groups, kg, cg, geo.kernel_volume(), kb, true);
-                let mut got = vec![0.0; x.len()];
-                correlate(isa, &dy, geo.n, geo.groups, kg, cg, &Plane::transposed(&geo), &packed, kb, None, &mut got);
-                assert_close(&got, &want, 1e-12, &format!("backward input case {i} {isa:?}"));
+                if stride == 1 {
+                    let mut want = vec![0.0; x.len()];
+                    crate::conv::im2col::backward_input(&dy, &w, &geo, &mut want);
+                    let kb = block_rows(isa, cg);
+                    let packed = pack_weights(&w, geo.groups, kg, cg, geo.kernel_volume(), kb, true);
+                    let mut got = vec![0.0; x.len()];
+                    correlate(isa, &dy, geo.n, geo.groups, kg, cg, &Plane::transposed(&geo), &packed, kb, None, &mut got);
+                    assert_close(&got, &want, 1e-12, &format!("backward input case {i} {isa:?}"));
+                }
 
                 let mut want = vec![0.0; w.len()];
                 crate::conv::im2col::backward_weight(&x, &dy, &geo, &mut want);

@@ -20,7 +20,8 @@ pub enum Strategy {
     /// Winograd F(4x4, 3x3) for 2-D 3x3 stride-1 convolutions with one group (the weight
     /// gradient by the direct loops, or im2col on CPUs without AVX2).
     Winograd,
-    /// Register-blocked direct loops for stride 1 on CPUs with AVX2 or AVX-512.
+    /// Register-blocked direct loops on CPUs with AVX2 or AVX-512 (the input gradient of a
+    /// strided convolution, and weight gradients with many channels, by im2col).
     Direct,
 }
 
@@ -51,7 +52,7 @@ impl Strategy {
         }
         // Direct: reads the input in place instead of copying every patch; a 1x1 kernel has no
         // patches, and there the GEMM's own blocking wins.
-        if direct::applies(geo) && geo.kernel_volume() > 1 {
+        if direct::available() && geo.kernel_volume() > 1 {
             return Strategy::Direct;
         }
         Strategy::Im2col
@@ -71,7 +72,8 @@ impl Strategy {
             Strategy::Im2col => im2col::backward_input(dy, w, geo, dx),
             Strategy::Depthwise => depthwise::backward_input(dy, w, geo, dx),
             Strategy::Winograd => winograd::backward_input(dy, w, geo, dx),
-            Strategy::Direct => direct::backward_input(dy, w, geo, dx),
+            Strategy::Direct if direct::input_gradient_applies(geo) => direct::backward_input(dy, w, geo, dx),
+            Strategy::Direct => im2col::backward_input(dy, w, geo, dx),
         }
     }
 
@@ -81,9 +83,8 @@ impl Strategy {
             Strategy::Depthwise => depthwise::backward_weight(x, dy, geo, dw),
             // Winograd's transforms do not pay for the weight gradient; the direct loops do it
             // in 0.66x of im2col's time (res_3x3_64, one thread).
-            Strategy::Winograd if direct::applies(geo) => direct::backward_weight(x, dy, geo, dw),
-            Strategy::Winograd => im2col::backward_weight(x, dy, geo, dw),
-            Strategy::Direct => direct::backward_weight(x, dy, geo, dw),
+            Strategy::Winograd | Strategy::Direct if direct::weight_gradient_applies(geo) => direct::backward_weight(x, dy, geo, dw),
+            Strategy::Winograd | Strategy::Direct => im2col::backward_weight(x, dy, geo, dw),
         }
     }
 }
