@@ -231,3 +231,21 @@ def test_suite_is_shipped_with_the_package():
     names = [e["name"] for kind in ("conv", "pool", "train") for e in suite[kind]]
     assert "lenet_c2" in names and "maxpool_2x2" in names and "lenet5_mnist_shape" in names
     assert os.path.dirname(bench.SUITE_PATH).endswith(os.path.join("rconv", "data"))
+
+
+def test_thread_scaling_times_one_and_n_threads_and_restores_the_count():
+    entry = {"name": "small", "dims": 2, "N": 2, "C": 4, "spatial": [12, 12], "K": 4, "kernel": [3, 3],
+             "stride": 1, "padding": 1, "groups": 1}
+    settings = bench.Settings(threads=2, repeat=2, cap_s=1.0, quick=True, peers={}, memory=bench.PeakMemory())
+    before = rconv.get_num_threads()
+    rconv.set_num_threads(3)
+    try:
+        result = bench.run_scaling(entry, settings, seed=0)
+        assert rconv.get_num_threads() == 3
+    finally:
+        rconv.set_num_threads(before)
+    assert result["entry"] == "small" and result["threads"] == [1, 2]
+    for p in ("fwd", "fwd+bwd"):
+        r = result[p]
+        assert r["ms_1_thread"] > 0 and r["ms_2_threads"] > 0
+        assert r["speedup"] == pytest.approx(r["ms_1_thread"] / r["ms_2_threads"])

@@ -969,6 +969,40 @@ def run_conv(e: Dict[str, Any], settings: Settings, seed: int) -> List[Row]:
                          check_fwd, check_fb, notes)
 
 
+SCALING_ENTRY = "res_3x3_64"  # the suite entry whose thread scaling the run reports
+
+
+def run_scaling(e: Dict[str, Any], settings: Settings, seed: int) -> Dict[str, Any]:
+    """rconv's forward and forward+backward of conv entry ``e`` on 1 thread and on
+    ``settings.threads``, interleaved in one loop (each timed call right after an untimed one
+    with the same thread count); returns the best times and the speed-ups."""
+    import rconv
+
+    case = ConvCase.from_suite(e)
+    x, w, b, gy = case.data(seed)
+    (runner,), _ = _conv_runners(case, x, w, b, gy, {}, settings.threads)
+    before = rconv.get_num_threads()
+
+    def on(threads: int, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def call():
+            rconv.set_num_threads(threads)
+            return fn()
+        return call
+
+    counts = (1, settings.threads)
+    calls = {(str(t), p): on(t, fn) for t in counts for p, fn in (("fwd", runner.fwd), ("fwd+bwd", runner.fb))}
+    try:
+        times = interleaved_best(calls, settings.repeat, settings.cap_s)
+    finally:
+        rconv.set_num_threads(before)
+    best = {k: min(v) * 1e3 for k, v in times.items()}
+    result: Dict[str, Any] = {"entry": e["name"], "threads": list(counts)}
+    for p in ("fwd", "fwd+bwd"):
+        one, many = best[("1", p)], best[(str(settings.threads), p)]
+        result[p] = {"ms_1_thread": one, f"ms_{settings.threads}_threads": many, "speedup": one / many}
+    return result
+
+
 def run_pool(e: Dict[str, Any], settings: Settings, seed: int) -> List[Row]:
     case = PoolCase.from_suite(e)
     x, gy = case.data(seed)
@@ -1324,6 +1358,15 @@ def _run(args, argv, out, entries, wanted_peers, threads, repeat, quick, json_pa
         results.append({"entry": e["name"], "kind": kind, "params": params, **extra,
                         "ok": all(r.ok for r in rows), "rows": [r.to_json(list(peers)) for r in rows]})
 
+    scaling = None
+    conv_entries = {e["name"]: e for kind, e in entries if kind == "conv"}
+    if threads > 1 and SCALING_ENTRY in conv_entries:
+        scaling = run_scaling(conv_entries[SCALING_ENTRY], settings, 1000)
+        print(file=out)
+        print(f"thread scaling of rconv on {SCALING_ENTRY} (1 and {threads} threads interleaved): " + "; ".join(
+            f"{p} {scaling[p]['ms_1_thread']:.2f} -> {scaling[p][f'ms_{threads}_threads']:.2f} ms, "
+            f"{scaling[p]['speedup']:.2f}x" for p in ("fwd", "fwd+bwd")), file=out)
+
     elapsed = time.perf_counter() - t_start
     print(file=out)
     if failures:
@@ -1351,6 +1394,7 @@ def _run(args, argv, out, entries, wanted_peers, threads, repeat, quick, json_pa
             "memory_measured": memory.available,
             "tolerance": {"rtol": RTOL, "atol": f"{ATOL_REL} * max|reference|", "adjoint_rtol": ADJOINT_RTOL},
             "entries": results,
+            "thread_scaling": scaling,
             "failures": failures,
             "ok": not failures,
             "elapsed_s": elapsed,
