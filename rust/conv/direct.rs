@@ -140,9 +140,10 @@ impl Plane {
         taps
     }
 
-    /// The tap offsets into one channel's phases laid out `phase_len` apart.
-    fn offsets(&self, phase_len: usize) -> Vec<usize> {
-        self.taps().iter().map(|&(phase, off)| phase * phase_len + off).collect()
+    /// The offsets of `taps` into one channel's phases laid out `phase_len` apart, into `offs`.
+    fn offsets(taps: &[(usize, usize)], phase_len: usize, offs: &mut Vec<usize>) {
+        offs.clear();
+        offs.extend(taps.iter().map(|&(phase, off)| phase * phase_len + off));
     }
 
     /// The largest offset of a tap inside its phase.
@@ -178,6 +179,14 @@ impl Plane {
     /// into `dst` (phases `phase_len` apart; zero where the padded volume has no source
     /// element, and past its end).
     fn fill<T: Real>(&self, src: &[T], start: usize, phase_len: usize, dst: &mut [T]) {
+        // No padding, no stride and rows as long as the source's: the padded volume is the
+        // source itself (then zeros), one copy instead of a run per row.
+        if self.lo == [0; 3] && self.stride == [1; 3] && self.padded[1..] == self.src[1..] {
+            let n = src.len().saturating_sub(start).min(dst.len());
+            dst[..n].copy_from_slice(&src[start..][..n]);
+            dst[n..].fill(T::zero());
+            return;
+        }
         let [_, s1, s2] = self.stride;
         for (phase, dst) in dst.chunks_exact_mut(phase_len).enumerate() {
             self.fill_phase(src, [phase / (s1 * s2), phase / s2 % s1, phase % s2], start, dst);
@@ -283,8 +292,8 @@ fn correlate<T: Real>(
     bias: Option<&[T]>,
     out: &mut [T],
 ) {
-    let taps = plane.taps().len();
-    let phases = plane.phases();
+    let tap_list = plane.taps();
+    let (taps, phases) = (tap_list.len(), plane.phases());
     let tile = VB * lanes::<T>(isa);
     let (rows, width) = (plane.rows(), plane.out[2]);
     let (src_len, out_len) = (plane.src_len(), plane.out_len());
@@ -295,7 +304,8 @@ fn correlate<T: Real>(
     let kernel = forward_kernel::<T>(isa, kb);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let work = n * groups * kout * out_len * cin * taps;
-    parallel::for_each_init(n * groups * chunks, work, || (Vec::new(), Vec::new()), |(xs, wide): &mut (Vec<T>, Vec<T>), item| {
+    let scratch = || (Vec::new(), Vec::new(), Vec::new());
+    parallel::for_each_init(n * groups * chunks, work, scratch, |(xs, wide, offs): &mut (Vec<T>, Vec<T>, Vec<usize>), item| {
         let (ng, chunk) = (item / chunks, item % chunks);
         let (s, g) = (ng / groups, ng % groups);
         let (r0, r1) = (chunk * task_rows, ((chunk + 1) * task_rows).min(rows));
@@ -303,7 +313,7 @@ fn correlate<T: Real>(
         let span = (end - start).div_ceil(tile) * tile;
         let phase_len = span + plane.max_offset();
         let stride = phases * phase_len;
-        let offs = plane.offsets(phase_len);
+        Plane::offsets(&tap_list, phase_len, offs);
         xs.resize(cin * stride, T::zero());
         wide.resize(kb * span, T::zero());
         for c in 0..cin {
@@ -316,7 +326,7 @@ fn correlate<T: Real>(
             // of `stride` elements from `xs` at positions `p + offs[t]` with `p < span` and
             // `offs[t] <= (phases - 1) * phase_len + max_offset`, all inside `xs`; `cin * taps * kb`
             // weights; and writes `kb` rows of `span` elements into `wide`.
-            unsafe { kernel(xs.as_ptr(), stride, cin, &offs, w.as_ptr(), span, wide.as_mut_ptr()) };
+            unsafe { kernel(xs.as_ptr(), stride, cin, offs, w.as_ptr(), span, wide.as_mut_ptr()) };
             for j in 0..kb.min(kout - b * kb) {
                 let k = g * kout + b * kb + j;
                 let add = bias.map_or(T::zero(), |bias| bias[k]);
@@ -366,7 +376,8 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
 fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy: &[T], geo: &ConvGeometry, dw: &mut [T]) {
     let plane = Plane::forward(geo);
     let (cg, kg, groups) = (geo.c_in_per_group(), geo.c_out_per_group(), geo.groups);
-    let (taps, phases) = (plane.taps().len(), plane.phases());
+    let tap_list = plane.taps();
+    let (taps, phases) = (tap_list.len(), plane.phases());
     let kernel = weight_kernel::<T>(isa, (kb, ob));
     let kpad = kg.div_ceil(kb) * kb;
     let (lanes, tap_blocks) = (lanes::<T>(isa), taps.div_ceil(ob));
@@ -395,7 +406,7 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
     let batch = if row_chunks > 1 { 1 } else { (WEIGHT_BUFFER_ELEMS / sample_elems).max(min_samples).clamp(1, per_chunk) };
     let mut partials = vec![T::zero(); chunks * dw.len()];
     parallel::for_each_chunk(&mut partials, dw.len(), work, |chunk, partial| {
-        let (mut xs, mut dys) = (Vec::new(), Vec::new());
+        let (mut xs, mut dys, mut offs) = (Vec::new(), Vec::new(), Vec::new());
         let mut acc = vec![T::zero(); groups * acc_len];
         let samples = chunk * per_chunk..((chunk + 1) * per_chunk).min(geo.n);
         for first in samples.clone().step_by(batch) {
@@ -406,7 +417,7 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
                 let span = (end - start).div_ceil(tile) * tile;
                 let phase_len = span + plane.max_offset();
                 let stride = phases * phase_len;
-                let offs = plane.offsets(phase_len);
+                Plane::offsets(&tap_list, phase_len, &mut offs);
                 xs.resize(count * cg * stride, T::zero());
                 dys.resize(count * kpad * span, T::zero());
                 for g in 0..groups {
