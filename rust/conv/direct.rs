@@ -298,8 +298,9 @@ fn correlate<T: Real>(
     let (rows, width) = (plane.rows(), plane.out[2]);
     let (src_len, out_len) = (plane.src_len(), plane.out_len());
     let budget = (TASK_SOURCE_ELEMS / (cin * phases).max(1)).saturating_sub(plane.max_offset());
-    let task_rows = (budget / plane.padded[2]).clamp(1, rows);
-    let chunks = rows.div_ceil(task_rows);
+    let chunks = rows.div_ceil((budget / plane.padded[2]).clamp(1, rows));
+    // Balanced: 28 rows in chunks of at most 27 are two of 14, not 27 and 1.
+    let task_rows = rows.div_ceil(chunks);
     let blocks = kout.div_ceil(kb);
     let kernel = forward_kernel::<T>(isa, kb);
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -393,8 +394,8 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
     // load and store (many channels on a small map).
     let halo_rows = 4 * plane.max_offset() / plane.padded[2];
     let min_rows = MIN_UNIT_POSITIONS.div_ceil(plane.padded[2]);
-    let unit_rows = (budget / plane.padded[2]).max(halo_rows).max(min_rows).clamp(1, rows);
-    let row_chunks = rows.div_ceil(unit_rows);
+    let row_chunks = rows.div_ceil((budget / plane.padded[2]).max(halo_rows).max(min_rows).clamp(1, rows));
+    let unit_rows = rows.div_ceil(row_chunks);
     let work = geo.n * geo.c_out * out_len * cg * taps;
     // A power of two (even splits on 2 or 4 threads), each with enough work to pay its partial.
     let chunks = (work / MIN_CHUNK_WORK).clamp(1, geo.n.min(MAX_WEIGHT_CHUNKS));
