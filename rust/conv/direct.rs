@@ -12,13 +12,17 @@
 //! output channels accumulate in registers, with one load per vector and one broadcast per
 //! weight for each (input channel, tap).
 //!
+//! On a narrow map most of a position tile is discarded columns; when the output channels fill
+//! whole vectors, `correlate_by_channels` vectorises over them instead, `PB` positions of one
+//! output row at a time (one weight vector times a broadcast input value per position).
+//!
 //! A stride `s` splits each input channel into its `s^dims` phases (`Plane`), each correlated at
 //! stride 1 with the taps that fall on it, so strided layers run the same dense loops.
 //!
-//! The gradient of the input (at stride 1) is the same correlation applied to the gradient of the output with
-//! the kernel flipped and transposed (`Plane::transposed`). The gradient of the weight is a dot
-//! product per (output channel, input channel, tap) over the wide positions; it runs `KB` output
-//! channels by `OB` taps in registers.
+//! The gradient of the input (at stride 1) is the same correlation applied to the gradient of
+//! the output with the kernel flipped and transposed (`Plane::transposed`); at larger strides it
+//! is left to im2col. The gradient of the weight is a dot product per (output channel, input
+//! channel, tap) over the wide positions; it runs `KB` output channels by `OB` taps in registers.
 //!
 //! Every output is one fused multiply-add chain in a fixed order (channels, then taps), the
 //! same for every instruction set and any split of the work, so results never depend on the
