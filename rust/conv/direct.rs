@@ -12,10 +12,6 @@
 //! output channels accumulate in registers, with one load per vector and one broadcast per
 //! weight for each (input channel, tap).
 //!
-//! On a narrow map most of a position tile is discarded columns; when the output channels fill
-//! whole vectors, `correlate_by_channels` vectorises over them instead, `PB` positions of one
-//! output row at a time (one weight vector times a broadcast input value per position).
-//!
 //! A stride `s` splits each input channel into its `s^dims` phases (`Plane`), each correlated at
 //! stride 1 with the taps that fall on it, so strided layers run the same dense loops.
 //!
@@ -179,27 +175,6 @@ impl Plane {
         self.out.iter().product()
     }
 
-    /// Forward tasks over rows for `cin` source channels: `(tasks, rows per task)`, as many rows
-    /// as keep a task's padded source within TASK_SOURCE_ELEMS, balanced (28 rows in tasks of
-    /// at most 27 are two of 14, not 27 and 1).
-    fn tasks(&self, cin: usize) -> (usize, usize) {
-        let rows = self.rows();
-        let budget = (TASK_SOURCE_ELEMS / (cin * self.phases()).max(1)).saturating_sub(self.max_offset());
-        let tasks = rows.div_ceil((budget / self.padded[2]).clamp(1, rows));
-        (tasks, rows.div_ceil(tasks))
-    }
-
-    /// `fill` for every channel of `src` (consecutive source channels) into `xs`, one channel's
-    /// phases after another.
-    fn fill_channels<T: Real>(&self, src: &[T], start: usize, phase_len: usize, xs: &mut Vec<T>) {
-        let (src_len, stride) = (self.src_len(), self.phases() * phase_len);
-        let cin = src.len() / src_len;
-        xs.resize(cin * stride, T::zero());
-        for (channel, dst) in src.chunks_exact(src_len).zip(xs.chunks_exact_mut(stride)) {
-            self.fill(channel, start, phase_len, dst);
-        }
-    }
-
     /// Copies positions `start .. start + phase_len` of every phase of one source channel
     /// into `dst` (phases `phase_len` apart; zero where the padded volume has no source
     /// element, and past its end).
@@ -294,16 +269,6 @@ fn block_rows(isa: Isa, kout: usize) -> usize {
     choices.iter().copied().min_by_key(|&kb| (waste(kb), usize::MAX - kb)).expect("non-empty")
 }
 
-/// The output-channel block `correlate` needs for `kout` channels over `plane`: a whole vector
-/// when it goes by channels, else `block_rows`.
-fn kernel_rows<T: Real>(isa: Isa, kout: usize, plane: &Plane) -> usize {
-    if by_channels::<T>(isa, kout, plane) {
-        lanes::<T>(isa)
-    } else {
-        block_rows(isa, kout)
-    }
-}
-
 fn lanes<T: Real>(isa: Isa) -> usize {
     match isa {
         Isa::Avx512 => 64 / std::mem::size_of::<T>(),
@@ -327,15 +292,15 @@ fn correlate<T: Real>(
     bias: Option<&[T]>,
     out: &mut [T],
 ) {
-    if kb == lanes::<T>(isa) && by_channels::<T>(isa, kout, plane) {
-        return correlate_by_channels(isa, src, n, groups, cin, kout, plane, packed, bias, out);
-    }
     let tap_list = plane.taps();
     let (taps, phases) = (tap_list.len(), plane.phases());
     let tile = VB * lanes::<T>(isa);
     let (rows, width) = (plane.rows(), plane.out[2]);
     let (src_len, out_len) = (plane.src_len(), plane.out_len());
-    let (chunks, task_rows) = plane.tasks(cin);
+    let budget = (TASK_SOURCE_ELEMS / (cin * phases).max(1)).saturating_sub(plane.max_offset());
+    let chunks = rows.div_ceil((budget / plane.padded[2]).clamp(1, rows));
+    // Balanced: 28 rows in chunks of at most 27 are two of 14, not 27 and 1.
+    let task_rows = rows.div_ceil(chunks);
     let blocks = kout.div_ceil(kb);
     let kernel = forward_kernel::<T>(isa, kb);
     let out_ptr = SendPtr(out.as_mut_ptr());
@@ -350,8 +315,12 @@ fn correlate<T: Real>(
         let phase_len = span + plane.max_offset();
         let stride = phases * phase_len;
         Plane::offsets(&tap_list, phase_len, offs);
+        xs.resize(cin * stride, T::zero());
         wide.resize(kb * span, T::zero());
-        plane.fill_channels(&src[(s * groups + g) * cin * src_len..][..cin * src_len], start, phase_len, xs);
+        for c in 0..cin {
+            let channel = &src[((s * groups + g) * cin + c) * src_len..][..src_len];
+            plane.fill(channel, start, phase_len, &mut xs[c * stride..][..stride]);
+        }
         for b in 0..blocks {
             let w = &packed[((g * blocks + b) * cin * taps) * kb..][..cin * taps * kb];
             // SAFETY: `kernel` was chosen for `isa`, which this CPU has. It reads `cin` channels
@@ -376,103 +345,11 @@ fn correlate<T: Real>(
     });
 }
 
-/// Whether `correlate` vectorises over output channels (`correlate_by_channels`) rather than
-/// over positions: when the channels fill whole vectors and the positions would waste more
-/// lanes. Positions are computed in tiles of `VB` vectors on the wide grid, channels in blocks
-/// of `PB` positions of one output row, so a narrow map (LeNet's 10x10 on a 14-wide grid: 62%
-/// of the position lanes useful, 83% of the channel blocks) goes by channels.
-fn by_channels<T: Real>(isa: Isa, kout: usize, plane: &Plane) -> bool {
-    let lanes = lanes::<T>(isa);
-    if !kout.is_multiple_of(lanes) {
-        return false;
-    }
-    let (rows, width) = (plane.rows(), plane.out[2]);
-    let (start, end) = plane.wide_span(0, rows);
-    let tile = VB * lanes;
-    let by_positions = (rows * width) as f64 / ((end - start).div_ceil(tile) * tile) as f64;
-    let by_channels = width as f64 / (width.div_ceil(PB) * PB) as f64;
-    by_channels > 1.1 * by_positions
-}
-
-/// Output positions per channel-vectorised block: `PB` accumulators, a weight vector and a
-/// broadcast fit AVX2's 16 registers.
-const PB: usize = 12;
-
-/// `correlate` with vectors over `lanes` output channels: for each (input channel, tap), one
-/// weight vector times a broadcast input value per position, `PB` positions of one output row
-/// at a time, so no lane computes a discarded position. Each output is the same multiply-add
-/// chain as in `correlate`, so the two give bitwise the same results.
-#[allow(clippy::too_many_arguments)]
-fn correlate_by_channels<T: Real>(
-    isa: Isa,
-    src: &[T],
-    n: usize,
-    groups: usize,
-    cin: usize,
-    kout: usize,
-    plane: &Plane,
-    packed: &[T],
-    bias: Option<&[T]>,
-    out: &mut [T],
-) {
-    let tap_list = plane.taps();
-    let (taps, phases) = (tap_list.len(), plane.phases());
-    let lanes = lanes::<T>(isa);
-    let (rows, width) = (plane.rows(), plane.out[2]);
-    let (src_len, out_len) = (plane.src_len(), plane.out_len());
-    let segments = width.div_ceil(PB);
-    let (chunks, task_rows) = plane.tasks(cin);
-    let blocks = kout / lanes;
-    let kernel = channel_kernel::<T>(isa);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let work = n * groups * kout * out_len * cin * taps;
-    let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    type Scratch<T> = (Vec<T>, Vec<T>, Vec<usize>, Vec<usize>);
-    parallel::for_each_init(n * groups * chunks, work, scratch, |(xs, tile, offs, starts): &mut Scratch<T>, item| {
-        let (ng, chunk) = (item / chunks, item % chunks);
-        let (s, g) = (ng / groups, ng % groups);
-        let (r0, r1) = (chunk * task_rows, ((chunk + 1) * task_rows).min(rows));
-        let (start, end) = plane.wide_span(r0, r1);
-        // Blocks read up to PB - 1 positions past a row's end.
-        let phase_len = end - start + PB + plane.max_offset();
-        let stride = phases * phase_len;
-        Plane::offsets(&tap_list, phase_len, offs);
-        starts.clear();
-        starts.extend((r0..r1).flat_map(|r| (0..segments).map(move |seg| plane.wide_row(r) - start + seg * PB)));
-        tile.resize(starts.len() * PB * lanes, T::zero());
-        plane.fill_channels(&src[(s * groups + g) * cin * src_len..][..cin * src_len], start, phase_len, xs);
-        for b in 0..blocks {
-            let w = &packed[((g * blocks + b) * cin * taps) * lanes..][..cin * taps * lanes];
-            // SAFETY: `kernel` was chosen for `isa`, which this CPU has. It reads `cin` channels
-            // of `stride` elements from `xs` at `start + j + offs[t]` (`start` from `starts`,
-            // `j < PB`), inside each channel's phases by `phase_len`; `cin * taps * lanes`
-            // weights; and writes `starts.len() * PB` vectors into `tile`.
-            unsafe { kernel(xs.as_ptr(), stride, cin, offs, w.as_ptr(), starts, tile.as_mut_ptr()) };
-            let k0 = g * kout + b * lanes;
-            let add: Vec<T> = (k0..k0 + lanes).map(|k| bias.map_or(T::zero(), |bias| bias[k])).collect();
-            for (i, r) in (r0..r1).enumerate() {
-                // Position x of the row holds its `lanes` channels side by side; each output row is
-                // written contiguously.
-                let from = &tile[i * segments * PB * lanes..][..width * lanes];
-                for (l, &a) in add.iter().enumerate() {
-                    let at = ((s * groups * kout + k0 + l) * rows + r) * width;
-                    // SAFETY: task (s, g, chunk) writes rows r0..r1 of its group's channels of
-                    // sample s only: disjoint between tasks and inside `out`.
-                    let to = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(at), width) };
-                    for (x, o) in to.iter_mut().enumerate() {
-                        *o = from[x * lanes + l] + a;
-                    }
-                }
-            }
-        }
-    });
-}
-
 /// `out (N, K, *out) = conv(x (N, C, *in), w (K, C / groups, *kernel)) + bias`.
 pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeometry, out: &mut [T]) {
     let isa = Isa::detect().expect("direct::available checked the CPU");
     let (cg, kg) = (geo.c_in_per_group(), geo.c_out_per_group());
-    let kb = kernel_rows::<T>(isa, kg, &Plane::forward(geo));
+    let kb = block_rows(isa, kg);
     let packed = pack_weights(w, geo.groups, cg, kg, geo.kernel_volume(), kb, false);
     correlate(isa, x, geo.n, geo.groups, cg, kg, &Plane::forward(geo), &packed, kb, bias, out);
 }
@@ -481,7 +358,7 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
 pub(crate) fn backward_input<T: Real>(dy: &[T], w: &[T], geo: &ConvGeometry, dx: &mut [T]) {
     let isa = Isa::detect().expect("direct::available checked the CPU");
     let (cg, kg) = (geo.c_in_per_group(), geo.c_out_per_group());
-    let kb = kernel_rows::<T>(isa, cg, &Plane::transposed(geo));
+    let kb = block_rows(isa, cg);
     let packed = pack_weights(w, geo.groups, kg, cg, geo.kernel_volume(), kb, true);
     correlate(isa, dy, geo.n, geo.groups, kg, cg, &Plane::transposed(geo), &packed, kb, None, dx);
 }
@@ -687,70 +564,6 @@ fn weight_block(isa: Isa, kout: usize, taps: usize) -> (usize, usize) {
     blocks.iter().copied().min_by_key(|&b| (padded(b), usize::MAX - b.0 * b.1)).expect("non-empty")
 }
 
-type ChannelFn<T> = unsafe fn(*const T, usize, usize, &[usize], *const T, &[usize], *mut T);
-
-/// The channel-vectorised kernel for `isa`.
-fn channel_kernel<T: Real>(isa: Isa) -> ChannelFn<T> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<T: Real>(xs: *const T, stride: usize, cin: usize, offs: &[usize], w: *const T, starts: &[usize], tile: *mut T) {
-            // SAFETY: forwarded from the caller (this CPU has AVX-512F).
-            unsafe { channel_blocks::<T::V512>(xs, stride, cin, offs, w, starts, tile) }
-        }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<T: Real>(xs: *const T, stride: usize, cin: usize, offs: &[usize], w: *const T, starts: &[usize], tile: *mut T) {
-            // SAFETY: forwarded from the caller (this CPU has AVX2 and FMA).
-            unsafe { channel_blocks::<T::V256>(xs, stride, cin, offs, w, starts, tile) }
-        }
-        match isa {
-            Isa::Avx512 => avx512::<T>,
-            Isa::Avx2 => avx2::<T>,
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("Isa::detect finds no instruction set off x86-64")
-}
-
-/// `tile[b][j][l] = sum over c, t of w[c][t][l] * xs[c][starts[b] + j + offs[t]]` for `j < PB`
-/// and the `LANES` output channels `l`.
-///
-/// # Safety
-/// This CPU has `V`'s instruction set; the pointers cover what the caller of `channel_kernel`
-/// documents.
-#[inline(always)]
-unsafe fn channel_blocks<V: Vector>(
-    xs: *const V::Elem,
-    stride: usize,
-    cin: usize,
-    offs: &[usize],
-    w: *const V::Elem,
-    starts: &[usize],
-    tile: *mut V::Elem,
-) {
-    // SAFETY (whole body): every pointer stays inside the ranges the caller documents.
-    unsafe {
-        for (b, &p0) in starts.iter().enumerate() {
-            let mut acc = [V::zero(); PB];
-            let mut wp = w;
-            for c in 0..cin {
-                let base = xs.add(c * stride + p0);
-                for &off in offs {
-                    let wv = V::load(wp);
-                    wp = wp.add(V::LANES);
-                    let at = base.add(off);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = wv.mul_add(V::splat(*at.add(j)), *a);
-                    }
-                }
-            }
-            for (j, a) in acc.iter().enumerate() {
-                a.store(tile.add((b * PB + j) * V::LANES));
-            }
-        }
-    }
-}
-
 /// The weight-gradient kernel for `isa` and a block from `weight_block`.
 fn weight_kernel<T: Real>(isa: Isa, (kb, ob): (usize, usize)) -> WeightFn<T> {
     #[cfg(target_arch = "x86_64")]
@@ -880,7 +693,7 @@ mod tests {
     /// (input, weight, padding, dilation, groups, stride)
     type Case = (&'static [usize], &'static [usize], usize, usize, usize, usize);
 
-    const CASES: [Case; 19] = [
+    const CASES: [Case; 17] = [
         (&[2, 3, 12, 11], &[6, 3, 5, 5], 0, 1, 1, 1),
         (&[3, 6, 14, 14], &[16, 6, 5, 5], 2, 1, 1, 1),
         (&[1, 4, 9, 13], &[6, 2, 3, 3], 1, 2, 2, 1),
@@ -900,9 +713,6 @@ mod tests {
         (&[1, 2, 7, 8, 9], &[3, 2, 3, 3, 3], 1, 1, 1, 2),
         (&[1, 3, 9, 9], &[5, 3, 2, 2], 0, 1, 1, 4),
         (&[2, 16, 28, 28], &[12, 16, 3, 3], 1, 1, 1, 2),
-        // LeNet's second layer (goes by channels), and 16 channels on a wide map.
-        (&[3, 6, 14, 14], &[16, 6, 5, 5], 0, 1, 1, 1),
-        (&[1, 3, 9, 40], &[16, 3, 3, 3], 1, 1, 1, 1),
     ];
 
     /// The direct kernels against im2col (which the other tests check against the definition),
@@ -926,15 +736,6 @@ mod tests {
                 let mut got = vec![0.0; y_len];
                 correlate(isa, &x, geo.n, geo.groups, cg, kg, &Plane::forward(&geo), &packed, kb, Some(&bias), &mut got);
                 assert_close(&got, &want, 1e-12, &format!("forward case {i} {isa:?}"));
-                // Vectorised over output channels, whenever they fill whole vectors: the same
-                // multiply-add chains, so bitwise the same as over positions.
-                let lanes = lanes::<f64>(isa);
-                if kg % lanes == 0 {
-                    let packed = pack_weights(&w, geo.groups, cg, kg, geo.kernel_volume(), lanes, false);
-                    let mut chan = vec![0.0; y_len];
-                    correlate_by_channels(isa, &x, geo.n, geo.groups, cg, kg, &Plane::forward(&geo), &packed, Some(&bias), &mut chan);
-                    assert_eq!(chan, got, "forward by channels case {i} {isa:?}: bitwise");
-                }
 
                 if stride == 1 {
                     let mut want = vec![0.0; x.len()];
