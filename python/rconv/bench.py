@@ -13,9 +13,10 @@ line and makes the command exit with status 1.
 
 Timing: rconv and the peers run interleaved in one loop (rconv, torch, onnxruntime, rconv, ...)
 and the best of N repetitions is reported for each, so a machine that slows down or speeds up
-during the run affects all of them alike. Each timed call directly follows an untimed call of
-the same function, so it runs warm (its own threads awake, its caches filled), as in a training
-loop, rather than in the wake of the previous library's threads. Each entry stops repeating once it has used its time
+during the run affects all of them alike. Each turn of a runner starts with an untimed call
+and then times calls of the same function back to back (four for calls under 20 ms), so they
+run warm (their own threads awake, caches filled), as in a training loop, rather than in the
+wake of the previous library's threads. Each entry stops repeating once it has used its time
 cap (it still runs at least two repetitions).
 
 Peak memory (Linux): VmHWM is reset through ``/proc/self/clear_refs`` right before one extra,
@@ -63,6 +64,8 @@ DEFAULT_CAP_S = 8.0  # time cap of one entry's timing loop
 QUICK_CAP_S = 2.0
 MIN_REPS = 2
 PAUSE_S = 0.003  # between runners: lets the previous runner's worker threads stop spinning
+BURST = 4  # timed calls in a row per runner and repetition for calls shorter than BURST_MAX_S
+BURST_MAX_S = 0.02
 
 FWD = "forward"
 FWDBWD = "forward+backward"
@@ -721,23 +724,29 @@ def _torch_numpy(r):
 
 def interleaved_best(calls: Dict[Tuple[str, str], Callable[[], Any]], repeat: int, cap_s: float,
                      min_reps: int = MIN_REPS, pause_s: float = PAUSE_S) -> Dict[Tuple[str, str], List[float]]:
-    """Run every call once per repetition, in turn, ``repeat`` times (fewer once ``cap_s``
-    seconds have passed, but at least ``min_reps``); return the seconds of each call."""
+    """Run every call in turn, ``repeat`` times (fewer once ``cap_s`` seconds have passed, but
+    at least ``min_reps``): each turn is an untimed call, then one timed call (``BURST`` for calls
+    shorter than ``BURST_MAX_S``). Return the seconds of each timed call."""
     times: Dict[Tuple[str, str], List[float]] = {key: [] for key in calls}
     start = time.perf_counter()
     for rep in range(repeat):
         for key, fn in calls.items():
             if pause_s:
                 time.sleep(pause_s)
-            # An untimed call first: the timed one then finds its own threads awake and caches
-            # warm, as in a training loop, instead of paying for the previous runner's threads
-            # (OpenMP workers spin for a while after a torch call) or for waking its own.
-            fn()
+            # An untimed call first, then the timed ones back to back: they find their own
+            # threads awake and caches warm, as in a training loop, instead of paying for the
+            # previous runner's threads (OpenMP workers spin for up to milliseconds after a torch
+            # call, on the same 2 cores) or for waking their own. Short calls get a burst of
+            # timed calls, since the first ones can still fall in the other runner's wake.
             t0 = time.perf_counter()
-            out = fn()
-            t1 = time.perf_counter()
-            del out
-            times[key].append(t1 - t0)
+            fn()
+            burst = BURST if time.perf_counter() - t0 < BURST_MAX_S else 1
+            for _ in range(burst):
+                t0 = time.perf_counter()
+                out = fn()
+                t1 = time.perf_counter()
+                del out
+                times[key].append(t1 - t0)
         if rep + 1 >= min_reps and time.perf_counter() - start > cap_s:
             break
     return times
@@ -1303,8 +1312,9 @@ def _run(args, argv, out, entries, wanted_peers, threads, repeat, quick, json_pa
           f"{info['os']}; Python {info['python']}, NumPy {info['numpy']}", file=out)
     peer_text = ", ".join(f"{p.name} {p.version}" + "".join(f" ({k} {v})" for k, v in p.extra.items())
                           for p in peers_all if p.available) or "none"
-    print(f"threads: {threads} (rconv and peers); best of {repeat}, at most ~{settings.cap_s:g} s of "
-          f"repetitions per entry (at least {MIN_REPS}); peers: {peer_text}", file=out)
+    print(f"threads: {threads} (rconv and peers); best of {repeat} turns ({BURST} timed calls a turn "
+          f"under {BURST_MAX_S * 1e3:g} ms), at most ~{settings.cap_s:g} s of turns per entry (at least "
+          f"{MIN_REPS}); peers: {peer_text}", file=out)
     load = info.get("load_average_1_5_15min")
     if load and info["usable_cores"] and load[0] > 0.5 * info["usable_cores"]:
         print(f"warning: load average {load[0]:.2f} on {info['usable_cores']} cores at the start: other "
