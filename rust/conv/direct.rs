@@ -22,8 +22,10 @@
 //!
 //! Every output is one fused multiply-add chain in a fixed order (channels, then taps), the
 //! same for every instruction set and any split of the work, so results never depend on the
-//! thread count (nor on AVX2 against AVX-512). The weight gradient's sum splits into sample
-//! chunks whose count depends only on the shapes, added in chunk order.
+//! thread count (nor, for the forward and the input gradient, on AVX2 against AVX-512). The
+//! weight gradient's sum splits into sample chunks whose count depends only on the shapes,
+//! added in chunk order; within a chunk it runs in vector lanes, so its rounding differs between
+//! instruction sets, not between thread counts.
 
 use crate::element::{Real, SendPtr};
 use crate::params::ConvGeometry;
