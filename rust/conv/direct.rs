@@ -67,20 +67,39 @@ pub(crate) fn available() -> bool {
     Isa::detect().is_some()
 }
 
+/// Most source elements one task may hold even when it has a single output row (16 MiB of
+/// f32): a geometry whose single row with its halo needs more (a very long 1-D signal with many
+/// channels, a large 3-D volume) goes to im2col, whose buffers are bounded tiles.
+const MAX_TASK_SOURCE_ELEMS: usize = 1 << 22;
+
+/// Source elements of one output row of `plane` with its halo, for `channels` channels.
+fn row_source(plane: &Plane, channels: usize) -> usize {
+    channels * plane.phases() * (plane.padded[2] + plane.max_offset() + 64)
+}
+
+/// Whether the direct kernels serve `geo` (forward, and the input gradient where
+/// `input_gradient_applies`): on this CPU, with tasks of bounded size.
+pub(crate) fn fits(geo: &ConvGeometry) -> bool {
+    available()
+        && row_source(&Plane::forward(geo), geo.c_in_per_group()) <= MAX_TASK_SOURCE_ELEMS
+        && row_source(&Plane::transposed(geo), geo.c_out_per_group()) <= MAX_TASK_SOURCE_ELEMS
+}
+
 /// Whether `backward_weight` serves `geo`: when a unit of MIN_UNIT_POSITIONS positions of every
 /// input phase and output channel fits twice WEIGHT_BUFFER_ELEMS. With more channels (res_3x3_s2:
 /// 4 x 128 phases and 256 outputs) the passes over the unit stream from L3, and im2col's GEMM,
 /// which blocks for the caches, was 2.3x faster.
 pub(crate) fn weight_gradient_applies(geo: &ConvGeometry) -> bool {
-    let phases: usize = geo.stride.iter().product();
-    let rows = geo.c_in_per_group() * phases + geo.c_out_per_group();
-    available() && rows * MIN_UNIT_POSITIONS <= 2 * WEIGHT_BUFFER_ELEMS
+    let plane = Plane::forward(geo);
+    let rows = geo.c_in_per_group() * plane.phases() + geo.c_out_per_group();
+    let unit = row_source(&plane, geo.c_in_per_group()) + geo.c_out_per_group() * (plane.padded[2] + 64);
+    available() && rows * MIN_UNIT_POSITIONS <= 2 * WEIGHT_BUFFER_ELEMS && unit <= MAX_TASK_SOURCE_ELEMS
 }
 
 /// Whether `backward_input` serves `geo`: stride 1 (the input gradient of a strided
 /// convolution is not one correlation).
 pub(crate) fn input_gradient_applies(geo: &ConvGeometry) -> bool {
-    geo.stride == [1; 3] && available()
+    geo.stride == [1; 3] && fits(geo)
 }
 
 /// A correlation between channel volumes: `dst[k, q] = sum over c, taps t of w[k, c, t] *

@@ -52,7 +52,7 @@ impl Strategy {
         }
         // Direct: reads the input in place instead of copying every patch; a 1x1 kernel has no
         // patches, and there the GEMM's own blocking wins.
-        if direct::available() && geo.kernel_volume() > 1 {
+        if direct::fits(geo) && geo.kernel_volume() > 1 {
             return Strategy::Direct;
         }
         Strategy::Im2col
@@ -352,6 +352,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn direct_tasks_stay_bounded() {
+        let geometry = |x: &[usize], w: &[usize]| ConvParams::new(x.len() - 2).geometry(x, w).unwrap();
+        if !direct::available() {
+            return;
+        }
+        assert_eq!(Strategy::choose(&geometry(&[2, 64, 1000], &[64, 64, 3])), Strategy::Direct);
+        // One row of 64 channels x 10^6 samples would be 256 MB per task: im2col's tiles instead.
+        assert_eq!(Strategy::choose(&geometry(&[1, 64, 1_000_000], &[64, 64, 3])), Strategy::Im2col);
     }
 
     #[test]
