@@ -110,7 +110,7 @@ pub(crate) fn checked_len<T>(shape: &[usize], what: &'static str) -> Result<usiz
 }
 
 /// Buffers at least this large are advised to use transparent huge pages.
-const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
+pub(crate) const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 
 /// A zero-filled vector of `len` elements; an `Alloc` error (not an abort) when memory runs out.
 ///

@@ -9,6 +9,8 @@
 //! panics on user input.
 
 pub mod act;
+#[cfg(any(test, feature = "python"))]
+mod alloc;
 pub mod conv;
 mod element;
 pub mod error;
@@ -19,6 +21,12 @@ pub mod pool;
 mod simd;
 #[cfg(feature = "python")]
 mod python;
+
+/// The extension module's own allocations go through a cache of mid-sized blocks (see
+/// `alloc`); Rust users of the crate keep whatever allocator their program has.
+#[cfg(feature = "python")]
+#[global_allocator]
+static ALLOCATOR: alloc::CachingAllocator = alloc::CachingAllocator::new();
 
 pub use act::{cross_entropy, cross_entropy_backward, log_softmax, relu, relu_backward, softmax};
 pub use conv::{conv_backward, conv_backward_input, conv_backward_weight, conv_forward};

@@ -47,6 +47,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import numpy as np
 
+from . import _rconv
+
 __all__ = ["main", "load_suite", "compare", "Check", "PEERS"]
 
 #: Peers known to ``--against``, in the order their columns appear.
@@ -455,10 +457,11 @@ def numpy_pool_backward_checks(case: PoolCase, x, y, gy, gx, seed: int = 0, samp
 
 
 def _malloc_trim() -> None:
-    """Hand memory that glibc's malloc keeps from earlier calls back to the system, so that the
-    next call's allocations show up in VmHWM (whether malloc serves them from its heap or from
-    fresh mappings). No-op elsewhere."""
+    """Hand memory that rconv's block cache and glibc's malloc keep from earlier calls back to
+    the system, so that the next call's allocations show up in VmHWM (whether they are served
+    from a heap or from fresh mappings). glibc's part is a no-op elsewhere."""
     global _LIBC
+    _rconv._release_cached_memory()
     if _LIBC is None:
         _LIBC = False
         if sys.platform.startswith("linux"):
