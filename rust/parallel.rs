@@ -1,7 +1,9 @@
 //! The thread pool every operation runs on, and the thread count.
 //!
 //! rconv owns one rayon pool (not rayon's global one) so that `set_num_threads` can resize it at
-//! any time. The work split of every kernel depends only on the problem's shape, never on the
+//! any time. It holds one thread fewer than the thread count: the calling thread takes part in
+//! every parallel call (`share`), taking items from the same counter as the pool's threads. The
+//! work split of every kernel depends only on the problem's shape, never on the
 //! number of threads, so results are bitwise identical for any thread count.
 //!
 //! Fork safety: a child process made by `fork()` inherits the pool's bookkeeping but none of its
@@ -10,8 +12,8 @@
 //! not exist in the child, so there is nothing to join).
 
 use crate::error::{Error, Result};
-use rayon::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Environment variable read for the default thread count.
@@ -70,6 +72,8 @@ pub fn init_from_env() {
     state.pool = None;
 }
 
+/// The pool of helper threads: one fewer than the thread count (at least one), since the
+/// calling thread takes part in every parallel call.
 fn pool() -> Arc<ThreadPool> {
     let mut state = lock();
     if state.threads == 0 {
@@ -87,7 +91,7 @@ fn pool() -> Arc<ThreadPool> {
         }
     }
     let built = ThreadPoolBuilder::new()
-        .num_threads(state.threads)
+        .num_threads(state.threads.saturating_sub(1).max(1))
         .thread_name(|i| format!("rconv-{i}"))
         .build()
         .map(Arc::new);
@@ -96,50 +100,178 @@ fn pool() -> Arc<ThreadPool> {
             state.pool = Some((pid, Arc::clone(&pool)));
             pool
         }
-        // The OS refused threads: run on a pool of one rather than fail the call.
+        // The OS refused threads: run with one helper rather than fail the call.
         Err(_) => Arc::new(ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool")),
     }
 }
 
-/// Runs `f` on rconv's pool (rayon calls inside it use that pool).
-pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    if rayon::current_thread_index().is_some() && in_rconv_pool() {
-        return f();
-    }
-    pool().install(f)
+thread_local! {
+    /// Set while this thread runs a share of a parallel call: a call made from inside one runs
+    /// inline (the other threads are busy with the outer call).
+    static IN_CALL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// Work (in element operations) below which a call runs on the calling thread: waking the pool
-/// costs ~15 us, more than the whole of such a call.
+/// Marks the current thread as inside a parallel call until dropped (also when unwinding).
+struct InCall;
+
+impl InCall {
+    fn enter() -> Self {
+        IN_CALL.with(|c| c.set(true));
+        InCall
+    }
+}
+
+impl Drop for InCall {
+    fn drop(&mut self) {
+        IN_CALL.with(|c| c.set(false));
+    }
+}
+
+/// The body of one parallel call as the helpers see it: open while the caller works, closed
+/// once the caller has finished its own share, after which no helper may start it.
+struct Call {
+    /// The body, its lifetime erased; None once closed. Read and cleared under the lock.
+    body: Mutex<Option<&'static (dyn Fn() + Sync)>>,
+    /// Helpers inside the body.
+    active: AtomicUsize,
+    panicked: AtomicBool,
+}
+
+impl Call {
+    /// The body, for a helper that will run it and then call `leave`; None once closed.
+    fn enter(&self) -> Option<&'static (dyn Fn() + Sync)> {
+        let body = self.body.lock().unwrap_or_else(|e| e.into_inner());
+        if body.is_some() {
+            self.active.fetch_add(1, Ordering::Acquire);
+        }
+        *body
+    }
+
+    fn leave(&self) {
+        self.active.fetch_sub(1, Ordering::Release);
+    }
+
+    /// Closes the call and waits until no helper is inside the body.
+    fn close(&self) {
+        *self.body.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let mut spins = 0u32;
+        while self.active.load(Ordering::Acquire) != 0 {
+            spins += 1;
+            if spins < 1 << 12 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Closes the call when dropped, also when the caller's own share panics: the body borrows the
+/// caller's stack, so no helper may still run it once the caller's frame is gone.
+struct CloseOnDrop<'a>(&'a Call);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Runs `body` on the calling thread and, at the same time, on up to `helpers` of the pool's
+/// threads; returns when every run has returned. Each run takes items from a counter the body
+/// shares, so whoever is free takes the next item.
+///
+/// Why the caller takes part, and why it does not wait for helpers that have not started: a
+/// caller that hands everything to the pool sleeps until the pool is done and is then woken,
+/// and a helper that wakes after the caller has taken every item would still be waited for. On
+/// the 2-core development VM each wake costs tens of microseconds, which made a LeNet-5
+/// training step slower on 2 threads than on 1. Here a helper that arrives after the caller
+/// has closed the call does nothing, and the caller only waits (spinning: the items are short)
+/// for helpers still inside an item.
+fn share<F: Fn() + Sync>(helpers: usize, body: F) {
+    let body: &(dyn Fn() + Sync) = &body;
+    // SAFETY: the erased reference is only used between `Call::enter` and `Call::leave`, and
+    // `CloseOnDrop` below keeps this frame (and so `body`) alive until the call is closed and
+    // no helper is between the two; a helper that enters after that gets None.
+    let erased: &'static (dyn Fn() + Sync) = unsafe { std::mem::transmute(body) };
+    let call = Arc::new(Call { body: Mutex::new(Some(erased)), active: AtomicUsize::new(0), panicked: AtomicBool::new(false) });
+    let pool = pool();
+    for _ in 0..helpers {
+        let call = Arc::clone(&call);
+        pool.spawn(move || {
+            if let Some(body) = call.enter() {
+                let _in_call = InCall::enter();
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+                    call.panicked.store(true, Ordering::Relaxed);
+                }
+                call.leave();
+            }
+        });
+    }
+    {
+        let _close = CloseOnDrop(&call);
+        let _in_call = InCall::enter();
+        body();
+    }
+    if call.panicked.load(Ordering::Relaxed) {
+        panic!("a parallel task panicked");
+    }
+}
+
+/// Work (in element operations) below which a call runs on the calling thread: waking a helper
+/// costs more than the whole of such a call.
 pub const INLINE_WORK: usize = 1 << 16;
 
-/// Whether work of this size is worth handing to the pool.
-fn worth_parallel(items: usize, work: usize) -> bool {
-    items > 1 && work >= INLINE_WORK && get_num_threads() > 1
+/// The number of helper threads worth waking for `items` items of `work` in total (0: inline).
+fn helpers_for(items: usize, work: usize) -> usize {
+    if items <= 1 || work < INLINE_WORK || IN_CALL.with(|c| c.get()) {
+        return 0;
+    }
+    (get_num_threads() - 1).min(items - 1)
 }
 
-/// Calls `f(i)` for every `i < items`, in parallel on rconv's pool when the total `work` is
+/// Calls `f(i)` for every `i < items`, in parallel on rconv's threads when the total `work` is
 /// worth it, else in order on the calling thread. Items must be independent; since each item
 /// computes the same either way, results never depend on the thread count.
 pub fn for_each<F: Fn(usize) + Sync + Send>(items: usize, work: usize, f: F) {
-    if worth_parallel(items, work) {
-        install(|| (0..items).into_par_iter().for_each(f));
-    } else {
-        (0..items).for_each(f);
-    }
+    for_each_init(items, work, || (), |_, i| f(i));
 }
 
-/// As `for_each`, with a scratch value made by `init` for each worker (or once when inline).
+/// As `for_each`, with a scratch value made by `init` for each thread that takes an item (or
+/// once when inline).
 pub fn for_each_init<S, I, F>(items: usize, work: usize, init: I, f: F)
 where
     I: Fn() -> S + Sync + Send,
     F: Fn(&mut S, usize) + Sync + Send,
 {
-    if worth_parallel(items, work) {
-        install(|| (0..items).into_par_iter().for_each_init(&init, &f));
-    } else {
+    let helpers = helpers_for(items, work);
+    if helpers == 0 {
         let mut scratch = init();
         (0..items).for_each(|i| f(&mut scratch, i));
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    share(helpers, || {
+        let mut scratch = None;
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= items {
+                break;
+            }
+            f(scratch.get_or_insert_with(&init), i);
+        }
+    });
+}
+
+/// A pointer that may cross threads: `for_each_chunk` hands each thread disjoint chunks of it.
+struct SharedMut<T>(*mut T);
+// SAFETY: only used by `for_each_chunk`, whose items are disjoint chunks of one `&mut [T]` with
+// `T: Send`, each handed to exactly one thread.
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
+impl<T> SharedMut<T> {
+    /// The pointer (a method, so that closures capture the wrapper and not the bare pointer).
+    fn get(&self) -> *mut T {
+        self.0
     }
 }
 
@@ -147,15 +279,17 @@ where
 /// shorter), in parallel when the total `work` is worth it.
 pub fn for_each_chunk<T: Send, F: Fn(usize, &mut [T]) + Sync + Send>(out: &mut [T], chunk: usize, work: usize, f: F) {
     let chunk = chunk.max(1);
-    if worth_parallel(out.len().div_ceil(chunk), work) {
-        install(|| out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c)));
-    } else {
-        out.chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));
-    }
-}
-
-fn in_rconv_pool() -> bool {
-    std::thread::current().name().is_some_and(|n| n.starts_with("rconv-"))
+    let (len, items) = (out.len(), out.len().div_ceil(chunk));
+    let base = SharedMut(out.as_mut_ptr());
+    for_each(items, work, |i| {
+        let start = i * chunk;
+        let n = chunk.min(len - start);
+        // SAFETY: item i covers out[start..start + n], inside `out` and disjoint from every
+        // other item's; each item is taken once, and `out` stays borrowed mutably until
+        // `for_each` returns.
+        let piece = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), n) };
+        f(i, piece);
+    });
 }
 
 #[cfg(test)]
@@ -169,7 +303,6 @@ mod tests {
 
     #[test]
     fn helpers_visit_every_item_once() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
         for work in [0, INLINE_WORK * 4] {
             let hits: Vec<AtomicUsize> = (0..1000).map(|_| AtomicUsize::new(0)).collect();
             for_each(hits.len(), work, |i| {
@@ -183,8 +316,25 @@ mod tests {
     }
 
     #[test]
-    fn install_runs_on_the_pool() {
-        let n = install(rayon::current_num_threads);
-        assert_eq!(n, get_num_threads());
+    fn nested_calls_run_inline_and_every_item_once() {
+        let hits: Vec<AtomicUsize> = (0..64 * 64).map(|_| AtomicUsize::new(0)).collect();
+        for_each(64, INLINE_WORK * 4, |i| {
+            for_each(64, INLINE_WORK * 4, |j| {
+                hits[i * 64 + j].fetch_add(1, Ordering::Relaxed);
+            })
+        });
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+    }
+
+    #[test]
+    fn a_panicking_item_reaches_the_caller() {
+        let caught = std::panic::catch_unwind(|| {
+            for_each(16, INLINE_WORK * 4, |i| assert!(i != 11, "item 11"));
+        });
+        assert!(caught.is_err());
+        // The pool still serves later calls.
+        let mut out = vec![0u32; 100];
+        for_each_chunk(&mut out, 7, INLINE_WORK * 4, |i, c| c.fill(i as u32));
+        assert!(out.iter().enumerate().all(|(j, &v)| v as usize == j / 7));
     }
 }
