@@ -204,6 +204,51 @@ def test_model_gradients_match_finite_differences():
         assert abs(num - grad_x[i]) <= 1e-6 + 1e-5 * abs(num), ("x", i, num, grad_x[i])
 
 
+@pytest.mark.parametrize("pool", [
+    lambda: nn.MaxPool2d(2),
+    lambda: nn.MaxPool2d(3, stride=2, padding=1),           # overlapping windows
+    lambda: nn.MaxPool2d(2, stride=1, dilation=2, ceil_mode=True),
+])
+@pytest.mark.parametrize("training", [True, False])
+def test_sequential_relu_before_max_pool_is_exact(pool, training):
+    """Sequential runs a ReLU that precedes a max pooling after it (they commute); outputs and
+    every gradient must equal the written order run layer by layer, bit for bit, also with
+    all-negative windows, ties at zero, signed zeros, infinities and NaNs."""
+    conv = nn.Conv2d(3, 4, 3, padding=1, rng=np.random.default_rng(2))
+    model = nn.Sequential(conv, nn.ReLU(), pool(), nn.Flatten())
+    model.train(training)
+    x = rand((2, 3, 9, 8), seed=3)
+    x[0, :, :4, :4] = -np.abs(x[0, :, :4, :4]) - 5  # windows where every conv output is < 0
+    conv.bias.data[1] = -50.0                       # a channel that is negative everywhere
+    conv.bias.data[2] = 0.0
+    conv.weight.data[2] = 0.0                       # a channel of zeros: ties at 0
+    x[1, 0, 4, 4] = np.nan                          # NaNs spread through the conv
+    x[1, 1, 0, 7] = np.inf
+    g = rand((2, 4 * len(F.max_pool2d(np.zeros((1, 1, 9, 8), np.float32), **pool()._kwargs()).ravel())), seed=4)
+
+    y = model(x)
+    model.zero_grad()
+    gx = model.backward(g)
+    assert [type(m) for m in model._order][1:3] == [type(model[2]), nn.ReLU]
+
+    # The written order, one layer at a time, with fresh copies of the layers.
+    ref = nn.Sequential(conv, nn.ReLU(), pool(), nn.Flatten())
+    ref.train(training)
+    h = x
+    for m in ref:
+        h = m(h)
+    np.testing.assert_array_equal(y, h)
+    assert np.array_equal(np.signbit(y), np.signbit(h))
+    wgrad, bgrad = conv.weight.grad.copy(), conv.bias.grad.copy()
+    conv.zero_grad()
+    gr = g
+    for m in reversed(list(ref)):
+        gr = m.backward(gr)
+    np.testing.assert_array_equal(gx, gr)
+    np.testing.assert_array_equal(wgrad, conv.weight.grad)
+    np.testing.assert_array_equal(bgrad, conv.bias.grad)
+
+
 def test_lenet_backward_runs_and_shapes():
     model = lenet5(rng=np.random.default_rng(0))
     x = rand((3, 1, 28, 28))

@@ -933,6 +933,7 @@ class Sequential(Module):
                 raise TypeError(f"Sequential takes Modules, got {type(m).__name__} at position {name}")
             setattr(self, name, m)
         self._input_shape: Optional[Tuple[int, ...]] = None
+        self._order: Optional[List[Module]] = None  # the layers as the last forward ran them
 
     def append(self, module: Module) -> "Sequential":
         if not isinstance(module, Module):
@@ -956,16 +957,30 @@ class Sequential(Module):
             raise IndexError(f"index {index} out of range for a Sequential of {len(layers)} layers")
         return layers[index][1]
 
+    def _schedule(self) -> List[Module]:
+        """The layers in the order ``forward`` runs them: the written order, except that a
+        ReLU directly followed by a max pooling runs after the pooling. ``max`` and ``relu``
+        commute exactly (both are monotone and pick one of their inputs), and the gradients
+        agree bit for bit: a pooled value is positive exactly when the element it came from is.
+        The ReLU (forward and backward) then touches the pooled elements only, a quarter of
+        them after a 2x2 pooling (LeNet-5)."""
+        layers = list(self._modules.values())
+        for i in range(len(layers) - 1):
+            if type(layers[i]) is ReLU and isinstance(layers[i + 1], _MaxPoolNd):
+                layers[i], layers[i + 1] = layers[i + 1], layers[i]
+        return layers
+
     def forward(self, x: np.ndarray) -> np.ndarray:
         self._input_shape = tuple(np.shape(x))
-        for m in self._modules.values():
+        self._order = self._schedule()
+        for m in self._order:
             x = m(x)
         return x
 
     def backward(self, grad_output: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
         """Backpropagates through the layers in reverse. ``input_grad=False`` (what ``fit``
         uses) lets a first convolution skip the gradient of the model's input: returns None."""
-        layers = list(self._modules.values())
+        layers = self._order if self._order is not None else list(self._modules.values())
         for i in range(len(layers) - 1, -1, -1):
             m = layers[i]
             if i == 0 and not input_grad and isinstance(m, _ConvNd):
