@@ -65,7 +65,7 @@ QUICK_REPEAT = 2
 DEFAULT_CAP_S = 8.0  # time cap of one entry's timing loop
 QUICK_CAP_S = 2.0
 MIN_REPS = 2
-PAUSE_S = 0.003  # between runners: lets the previous runner's worker threads stop spinning
+PAUSE_S = 0.02  # between runners: lets the previous runner's idle worker threads stop spinning (libgomp spins 300,000 pauses by default, several ms here)
 BURST = 4  # timed calls in a row per runner and repetition for calls shorter than BURST_MAX_S
 BURST_MAX_S = 0.02
 

@@ -315,7 +315,7 @@ fn correlate<T: Real>(
 ) {
     let tap_list = plane.taps();
     let (taps, phases) = (tap_list.len(), plane.phases());
-    let tile = VB * lanes::<T>(isa);
+    let lanes = lanes::<T>(isa);
     let (rows, width) = (plane.rows(), plane.out[2]);
     let (src_len, out_len) = (plane.src_len(), plane.out_len());
     let budget = (TASK_SOURCE_ELEMS / (cin * phases).max(1)).saturating_sub(plane.max_offset());
@@ -326,18 +326,20 @@ fn correlate<T: Real>(
     let kernel = forward_kernel::<T>(isa, kb);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let work = n * groups * kout * out_len * cin * taps;
-    let scratch = || (Vec::new(), Vec::new(), Vec::new());
-    parallel::for_each_init(n * groups * chunks, work, scratch, |(xs, wide, offs): &mut (Vec<T>, Vec<T>, Vec<usize>), item| {
+    let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    parallel::for_each_init(n * groups * chunks, work, scratch, |(xs, wide, offs, row_starts): &mut (Vec<T>, Vec<T>, Vec<usize>, Vec<usize>), item| {
         let (ng, chunk) = (item / chunks, item % chunks);
         let (s, g) = (ng / groups, ng % groups);
         let (r0, r1) = (chunk * task_rows, ((chunk + 1) * task_rows).min(rows));
         let (start, end) = plane.wide_span(r0, r1);
-        let span = (end - start).div_ceil(tile) * tile;
+        let span = (end - start).div_ceil(lanes) * lanes;
         let phase_len = span + plane.max_offset();
         let stride = phases * phase_len;
         Plane::offsets(&tap_list, phase_len, offs);
         xs.resize(cin * stride, T::zero());
         wide.resize(kb * span, T::zero());
+        row_starts.clear();
+        row_starts.extend((r0..r1).map(|r| plane.wide_row(r) - start));
         for c in 0..cin {
             let channel = &src[((s * groups + g) * cin + c) * src_len..][..src_len];
             plane.fill(channel, start, phase_len, &mut xs[c * stride..][..stride]);
@@ -352,12 +354,12 @@ fn correlate<T: Real>(
             for j in 0..kb.min(kout - b * kb) {
                 let k = g * kout + b * kb + j;
                 let add = bias.map_or(T::zero(), |bias| bias[k]);
-                for r in r0..r1 {
-                    let from = &wide[j * span + plane.wide_row(r) - start..][..width];
-                    // SAFETY: task (s, g, chunk) writes rows r0..r1 of its group's channels of
-                    // sample s only: disjoint between tasks and inside `out`.
-                    let to = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(((s * groups * kout + k) * rows + r) * width), width) };
-                    for (o, &v) in to.iter_mut().zip(from) {
+                let wide_j = &wide[j * span..][..span];
+                // SAFETY: task (s, g, chunk) writes rows r0..r1 of its group's channels of sample
+                // s only: disjoint between tasks and inside `out`.
+                let to = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(((s * groups * kout + k) * rows + r0) * width), (r1 - r0) * width) };
+                for (&from, to) in row_starts.iter().zip(to.chunks_exact_mut(width)) {
+                    for (o, &v) in to.iter_mut().zip(&wide_j[from..from + width]) {
                         *o = v + add;
                     }
                 }
@@ -525,7 +527,8 @@ fn forward_kernel<T: Real>(isa: Isa, kb: usize) -> ForwardFn<T> {
 }
 
 /// `wide[j][p] = sum over c, t of w[c][t][j] * xs[c][p + offs[t]]` for `j < KB`, `p < span`
-/// (`span` a multiple of `VB * LANES`).
+/// (`span` a multiple of `V::LANES`): tiles of `VB` vectors, and one of a single vector where
+/// `span` leaves less (a narrow map's wide rows round up to fewer discarded positions).
 ///
 /// # Safety
 /// This CPU has `V`'s instruction set; the pointers cover what the caller of `forward_kernel`
@@ -541,29 +544,55 @@ unsafe fn forward_block<V: Vector, const KB: usize>(
     wide: *mut V::Elem,
 ) {
     let step = VB * V::LANES;
+    let full = span / step * step;
+    // SAFETY (whole body): every tile lies inside `0..span`, as the caller documents.
+    unsafe {
+        for p in (0..full).step_by(step) {
+            forward_tile::<V, KB, VB>(xs, stride, cin, offs, w, span, wide, p);
+        }
+        for p in (full..span).step_by(V::LANES) {
+            forward_tile::<V, KB, 1>(xs, stride, cin, offs, w, span, wide, p);
+        }
+    }
+}
+
+/// One tile of `forward_block`: positions `p .. p + NV * V::LANES`.
+///
+/// # Safety
+/// As `forward_block`, with the tile inside `0..span`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_tile<V: Vector, const KB: usize, const NV: usize>(
+    xs: *const V::Elem,
+    stride: usize,
+    cin: usize,
+    offs: &[usize],
+    w: *const V::Elem,
+    span: usize,
+    wide: *mut V::Elem,
+    p: usize,
+) {
     // SAFETY (whole body): every pointer stays inside the ranges the caller documents.
     unsafe {
-        for p in (0..span).step_by(step) {
-            let mut acc = [[V::zero(); VB]; KB];
-            let mut wp = w;
-            for c in 0..cin {
-                let base = xs.add(c * stride + p);
-                for &off in offs {
-                    let at = base.add(off);
-                    let xv: [V; VB] = std::array::from_fn(|v| V::load(at.add(v * V::LANES)));
-                    for row in acc.iter_mut() {
-                        let wv = V::splat(*wp);
-                        wp = wp.add(1);
-                        for v in 0..VB {
-                            row[v] = wv.mul_add(xv[v], row[v]);
-                        }
+        let mut acc = [[V::zero(); NV]; KB];
+        let mut wp = w;
+        for c in 0..cin {
+            let base = xs.add(c * stride + p);
+            for &off in offs {
+                let at = base.add(off);
+                let xv: [V; NV] = std::array::from_fn(|v| V::load(at.add(v * V::LANES)));
+                for row in acc.iter_mut() {
+                    let wv = V::splat(*wp);
+                    wp = wp.add(1);
+                    for v in 0..NV {
+                        row[v] = wv.mul_add(xv[v], row[v]);
                     }
                 }
             }
-            for (j, row) in acc.iter().enumerate() {
-                for (v, r) in row.iter().enumerate() {
-                    r.store(wide.add(j * span + p + v * V::LANES));
-                }
+        }
+        for (j, row) in acc.iter().enumerate() {
+            for (v, r) in row.iter().enumerate() {
+                r.store(wide.add(j * span + p + v * V::LANES));
             }
         }
     }
