@@ -106,6 +106,17 @@ impl CachingAllocator {
         self.cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The cache, unless another thread holds it. Allocations never wait for the lock: one
+    /// that finds it taken goes to the system, so a child forked while a thread held the lock
+    /// (the lock stays taken there for good) still allocates, only without the cache.
+    fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, BlockCache>> {
+        match self.cache.try_lock() {
+            Ok(cache) => Some(cache),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Frees every cached block.
     pub(crate) fn release(&self) {
         self.lock().clear(|addr, class| {
@@ -122,7 +133,7 @@ impl CachingAllocator {
     /// A block of `class` bytes: a cached one, or a new one from the system (zeroed when
     /// `zeroed`, in which case a cached one is cleared here).
     unsafe fn alloc_class(&self, class: usize, zeroed: bool) -> *mut u8 {
-        if let Some(addr) = self.lock().take(class) {
+        if let Some(addr) = self.try_lock().and_then(|mut cache| cache.take(class)) {
             let ptr = addr as *mut u8;
             if zeroed {
                 // SAFETY: the cached block is `class` bytes, owned by the cache until now.
@@ -167,10 +178,17 @@ unsafe impl GlobalAlloc for CachingAllocator {
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         match class_of(layout) {
-            Some(class) => self.lock().put(ptr as usize, class, |addr, class| {
-                // SAFETY: an evicted block was allocated by `System` with its class's layout.
-                unsafe { System.dealloc(addr as *mut u8, Layout::from_size_align_unchecked(class, MAX_ALIGN)) }
-            }),
+            Some(class) => {
+                // SAFETY (both): a block of this class was allocated by `System` with the
+                // class's layout (`alloc_class`), as was every block the cache evicts.
+                let free = |addr: usize, class: usize| unsafe {
+                    System.dealloc(addr as *mut u8, Layout::from_size_align_unchecked(class, MAX_ALIGN))
+                };
+                match self.try_lock() {
+                    Some(mut cache) => cache.put(ptr as usize, class, free),
+                    None => free(ptr as usize, class),
+                }
+            }
             // SAFETY: the caller's contract, passed on.
             None => unsafe { System.dealloc(ptr, layout) },
         }
@@ -270,6 +288,22 @@ mod tests {
             assert_eq!(alloc.cached_bytes(), 300_000usize.next_multiple_of(PAGE) + 400_000usize.next_multiple_of(PAGE));
         }
         alloc.release();
+        assert_eq!(alloc.cached_bytes(), 0);
+    }
+
+    #[test]
+    fn a_held_lock_is_bypassed_not_waited_for() {
+        let alloc = CachingAllocator::new();
+        let layout = Layout::from_size_align(200_000, 8).unwrap();
+        let held = alloc.lock();
+        // SAFETY: the block is used within its layout and freed once with it.
+        unsafe {
+            let p = alloc.alloc_zeroed(layout);
+            assert!(!p.is_null() && *p == 0);
+            alloc.dealloc(p, layout);
+        }
+        assert_eq!(held.bytes(), 0);
+        drop(held);
         assert_eq!(alloc.cached_bytes(), 0);
     }
 }
