@@ -15,6 +15,7 @@ pub mod conv;
 mod element;
 pub mod error;
 pub mod linear;
+pub mod optim;
 pub mod parallel;
 pub mod params;
 pub mod pool;
@@ -33,6 +34,7 @@ pub use conv::{conv_backward, conv_backward_input, conv_backward_weight, conv_fo
 pub use element::Real;
 pub use error::{Error, Result};
 pub use linear::{linear_backward, linear_forward};
+pub use optim::{adam_step, sgd_step, Adam, Sgd};
 pub use parallel::{get_num_threads, set_num_threads};
 pub use params::{ConvGeometry, ConvParams, Padding, PaddingMode, PoolGeometry, PoolParams};
 pub use pool::{

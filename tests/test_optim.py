@@ -217,3 +217,60 @@ def test_optimiser_on_a_model():
 def test_bad_arguments(make, exc, name):
     with pytest.raises(exc, match=name):
         make(make_params())
+
+
+# ----------------------------------------------------------------------------------------------
+# float32: the native update does NumPy's float32 arithmetic on the same formula, bit for bit
+
+
+@pytest.mark.parametrize("kind, kwargs", [
+    ("SGD", dict(lr=0.03, momentum=0.9, weight_decay=5e-4)),
+    ("SGD", dict(lr=0.1, momentum=0.8, dampening=0.3)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+    ("SGD", dict(lr=0.05)),
+    ("Adam", dict(lr=1e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=1e-2)),
+])
+def test_float32_steps_equal_numpy_float32_formula(kind, kwargs):
+    params = make_params(np.float32)
+    ref = [p.data.copy() for p in params]
+    got = run(getattr(optim, kind)(params, **kwargs), params)
+    f32 = np.float32
+    state = [None] * len(ref)
+    for t in range(STEPS):
+        for i, g64 in enumerate(grads_for(t, params)):
+            g, p = g64.astype(f32), ref[i]
+            if kwargs.get("weight_decay", 0):
+                g = g + f32(kwargs["weight_decay"]) * p
+            if kind == "SGD":
+                mu = f32(kwargs.get("momentum", 0.0))
+                if mu:
+                    if state[i] is None:
+                        state[i] = g.copy()
+                    else:
+                        state[i] = state[i] * mu + f32(1 - kwargs.get("dampening", 0.0)) * g
+                    g = g + mu * state[i] if kwargs.get("nesterov") else state[i]
+                ref[i] = p - f32(kwargs["lr"]) * g
+            else:
+                b1, b2 = kwargs["betas"]
+                m, v = state[i] if state[i] is not None else (np.zeros_like(p), np.zeros_like(p))
+                m = m * f32(b1) + f32(1 - b1) * g
+                v = v * f32(b2) + f32(1 - b2) * (g * g)
+                state[i] = (m, v)
+                step_size = f32(kwargs["lr"] / (1 - b1 ** (t + 1)))
+                denom = np.sqrt(v) / f32(math.sqrt(1 - b2 ** (t + 1))) + f32(kwargs["eps"])
+                ref[i] = p - step_size * (m / denom)
+        for r, a in zip(ref, got[t]):
+            assert r.dtype == np.float32
+            np.testing.assert_array_equal(a, r)
+
+
+def test_native_update_rejects_bad_state():
+    p = nn.Parameter(np.zeros((3, 3), np.float32))
+    opt = optim.SGD([p], lr=0.1, momentum=0.9)
+    p.data = np.zeros((3, 6), np.float32)[:, ::2]  # not contiguous: cannot be updated in place
+    with pytest.raises(ValueError, match="param"):
+        opt.step()
+    p.data = np.zeros((3, 3), np.float32)
+    p.grad = np.zeros((3, 3), np.float64)
+    with pytest.raises(TypeError, match="grad"):
+        opt.step()

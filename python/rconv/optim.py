@@ -21,6 +21,7 @@ from typing import Iterable, List, Optional, Tuple
 
 import numpy as np
 
+from . import _rconv
 from .nn import Module, Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam"]
@@ -102,20 +103,13 @@ class SGD(Optimizer):
         self._buffers: List[Optional[np.ndarray]] = [None] * len(self.params)
 
     def step(self) -> None:
+        # One native pass per parameter (rconv._rconv._sgd_step), in place.
         lr, mu, wd, damp = self.lr, self.momentum, self.weight_decay, self.dampening
         for i, p in enumerate(self.params):
-            g = p.grad
-            if wd != 0:
-                g = g + wd * p.data
-            if mu != 0:
-                buf = self._buffers[i]
-                if buf is None:
-                    buf = self._buffers[i] = np.array(g, dtype=p.dtype, copy=True)
-                else:
-                    buf *= mu
-                    buf += (1 - damp) * g
-                g = g + mu * buf if self.nesterov else buf
-            p.data -= lr * g
+            first = mu != 0 and self._buffers[i] is None
+            if first:
+                self._buffers[i] = np.empty_like(p.data)  # the step writes g into it
+            _rconv._sgd_step(p.data, p.grad, self._buffers[i], first, lr, mu, damp, wd, self.nesterov)
 
     def __repr__(self) -> str:
         return (f"SGD(lr={self.lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "
@@ -163,17 +157,10 @@ class Adam(Optimizer):
         bias1 = 1 - b1**self.t
         bias2_sqrt = math.sqrt(1 - b2**self.t)
         step_size = self.lr / bias1
+        # PyTorch's arrangement: p -= (lr / bias1) * m / (sqrt(v) / sqrt(bias2) + eps), in one
+        # native pass per parameter (rconv._rconv._adam_step), in place.
         for p, m, v in zip(self.params, self._m, self._v):
-            g = p.grad
-            if self.weight_decay != 0:
-                g = g + self.weight_decay * p.data
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * (g * g)
-            # PyTorch's arrangement: p -= (lr / bias1) * m / (sqrt(v) / sqrt(bias2) + eps)
-            denom = np.sqrt(v) / bias2_sqrt + self.eps
-            p.data -= step_size * (m / denom)
+            _rconv._adam_step(p.data, p.grad, m, v, step_size, bias2_sqrt, b1, b2, self.eps, self.weight_decay)
 
     def __repr__(self) -> str:
         return f"Adam(lr={self.lr}, betas={self.betas}, eps={self.eps}, weight_decay={self.weight_decay})"

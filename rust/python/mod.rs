@@ -5,6 +5,7 @@ mod args;
 mod conv;
 mod error;
 mod ops;
+mod optim;
 mod pool;
 
 use ndarray::{ArrayD, ArrayViewD, Axis};
@@ -64,6 +65,7 @@ fn _rconv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     conv::register(m)?;
     pool::register(m)?;
     ops::register(m)?;
+    optim::register(m)?;
     m.add_function(wrap_pyfunction!(_release_cached_memory, m)?)?;
     m.add_function(wrap_pyfunction!(_cached_memory_bytes, m)?)?;
     Ok(())
