@@ -19,9 +19,23 @@ const COL_TILE_ELEMS: usize = 1 << 17;
 /// Fewest columns in a tile, so the GEMM stays efficient when a patch is very long.
 const MIN_TILE_COLS: usize = 64;
 
+/// The input gradient's tiles (its GEMM's output, scattered back) may hold this many
+/// elements: every tile repacks the weights (the GEMM's A, channels * kvol x K), so wider tiles
+/// pack them fewer times (res_3x3_s2: 1152 x 256 weights, tiles of 113 -> 196 columns, the
+/// input gradient 14% faster).
+const DX_TILE_ELEMS: usize = 4 * COL_TILE_ELEMS;
+/// The weight gradient's tiles: a wider tile is a deeper GEMM, so the (K, channels * kvol)
+/// gradient block it adds into is read and written fewer times (res_3x3_s2: 7% faster).
+const DW_TILE_ELEMS: usize = 2 * COL_TILE_ELEMS;
+
 /// Columns per tile for patches of `rows` elements and `out_len` output positions.
 pub(crate) fn tile_cols(rows: usize, out_len: usize) -> usize {
-    (COL_TILE_ELEMS / rows.max(1)).max(MIN_TILE_COLS).min(out_len.max(1))
+    tile_cols_within(COL_TILE_ELEMS, rows, out_len)
+}
+
+/// `tile_cols` for tiles of at most `budget` elements.
+fn tile_cols_within(budget: usize, rows: usize, out_len: usize) -> usize {
+    (budget / rows.max(1)).max(MIN_TILE_COLS).min(out_len.max(1))
 }
 
 /// `out (N, K, *output) = conv(x (N, C, *input), w (K, C/groups, *kernel)) + bias`, with zero
@@ -347,7 +361,7 @@ pub(crate) fn backward_input<T: Real>(dy: &[T], w: &[T], geo: &ConvGeometry, dx:
     let (in_len, out_len) = (geo.input_len(), geo.output_len());
     // With enough samples to share out, whole groups make taller GEMMs than channel blocks.
     let (cb, blocks) = if geo.n >= MIN_CHUNKS_WHOLE_GROUPS { (cg, 1) } else { channel_blocks(cg) };
-    let tile = tile_cols(cb * kvol, out_len);
+    let tile = tile_cols_within(DX_TILE_ELEMS, cb * kvol, out_len);
     let tiles = out_len.div_ceil(tile);
     let dx_ptr = SendPtr(dx.as_mut_ptr());
     let work = geo.n * geo.c_out * out_len * rows;
@@ -409,7 +423,7 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
     let chunks = sample_chunks(geo.n, dw.len());
     // With enough sample chunks to share out, whole groups make wider GEMMs than channel blocks.
     let (cb, blocks) = if chunks >= MIN_CHUNKS_WHOLE_GROUPS { (cg, 1) } else { channel_blocks(cg) };
-    let tile = tile_cols(cb * kvol, out_len);
+    let tile = tile_cols_within(DW_TILE_ELEMS, cb * kvol, out_len);
     let tiles = out_len.div_ceil(tile);
     let pointwise = kvol == 1 && geo.stride == [1; 3] && !geo.has_padding();
     let mut partials = if chunks > 1 { vec![T::zero(); chunks * dw.len()] } else { Vec::new() };
