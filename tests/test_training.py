@@ -1,6 +1,7 @@
 """Sequential.fit / evaluate / predict / summary / save / load on slices of the shipped digits."""
 
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -223,6 +224,37 @@ def test_bad_arguments(call, exc, pattern, digits):
     (x, y), _ = digits
     with pytest.raises(exc, match=pattern):
         call(small_model(), x[:10], y[:10])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page-fault counts from getrusage (Linux)")
+def test_training_step_reuses_its_buffers():
+    """After warm-up, a LeNet-5 step (batch 64) takes its outputs and scratch buffers from
+    rconv's block cache instead of fresh pages. Measured on the dev VM: 2.5 page faults a step;
+    with the cache emptied before every step, 135 (glibc hands the rest back to the system)."""
+    import resource
+
+    import rconv
+
+    nn.manual_seed(0)
+    model, loss_fn = lenet5(), nn.CrossEntropyLoss()
+    opt = optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 64)
+
+    def step():
+        loss_fn(model(x), y)
+        opt.zero_grad()
+        model.backward(loss_fn.backward(), input_grad=False)
+        opt.step()
+
+    for _ in range(3):
+        step()
+    assert rconv._rconv._cached_memory_bytes() > 0
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        step()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert faults < 200, f"{faults} page faults in 10 steps"
 
 
 # ----------------------------------------------------------------------------------------------
