@@ -194,21 +194,23 @@ fn share<F: Fn() + Sync>(helpers: usize, body: F) {
     // no helper is between the two; a helper that enters after that gets None.
     let erased: &'static (dyn Fn() + Sync) = unsafe { std::mem::transmute(body) };
     let call = Arc::new(Call { body: Mutex::new(Some(erased)), active: AtomicUsize::new(0), panicked: AtomicBool::new(false) });
-    let pool = pool();
-    for _ in 0..helpers {
-        let call = Arc::clone(&call);
-        pool.spawn(move || {
-            if let Some(body) = call.enter() {
-                let _in_call = InCall::enter();
-                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
-                    call.panicked.store(true, Ordering::Relaxed);
-                }
-                call.leave();
-            }
-        });
-    }
     {
+        // From here on, leaving this block (also by a panic while spawning) closes the call
+        // and waits for any helper inside it.
         let _close = CloseOnDrop(&call);
+        let pool = pool();
+        for _ in 0..helpers {
+            let call = Arc::clone(&call);
+            pool.spawn(move || {
+                if let Some(body) = call.enter() {
+                    let _in_call = InCall::enter();
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+                        call.panicked.store(true, Ordering::Relaxed);
+                    }
+                    call.leave();
+                }
+            });
+        }
         let _in_call = InCall::enter();
         body();
     }
