@@ -40,6 +40,8 @@ fn class_of(layout: Layout) -> Option<usize> {
 }
 
 /// Freed blocks by size class, newest last. Pure bookkeeping: it never frees or allocates.
+/// Blocks are held as addresses whose provenance was exposed (`expose_provenance`) when the
+/// block came in and is taken back (`with_exposed_provenance_mut`) when it goes out.
 pub(crate) struct BlockCache {
     blocks: [(usize, usize); SLOTS],
     len: usize,
@@ -121,7 +123,7 @@ impl CachingAllocator {
     pub(crate) fn release(&self) {
         self.lock().clear(|addr, class| {
             // SAFETY: the block was allocated by `System` with this class's layout (`alloc_class`).
-            unsafe { System.dealloc(addr as *mut u8, Layout::from_size_align_unchecked(class, MAX_ALIGN)) }
+            unsafe { System.dealloc(std::ptr::with_exposed_provenance_mut::<u8>(addr), Layout::from_size_align_unchecked(class, MAX_ALIGN)) }
         });
     }
 
@@ -134,7 +136,7 @@ impl CachingAllocator {
     /// `zeroed`, in which case a cached one is cleared here).
     unsafe fn alloc_class(&self, class: usize, zeroed: bool) -> *mut u8 {
         if let Some(addr) = self.try_lock().and_then(|mut cache| cache.take(class)) {
-            let ptr = addr as *mut u8;
+            let ptr = std::ptr::with_exposed_provenance_mut::<u8>(addr);
             if zeroed {
                 // SAFETY: the cached block is `class` bytes, owned by the cache until now.
                 unsafe { ptr.write_bytes(0, class) };
@@ -182,11 +184,11 @@ unsafe impl GlobalAlloc for CachingAllocator {
                 // SAFETY (both): a block of this class was allocated by `System` with the
                 // class's layout (`alloc_class`), as was every block the cache evicts.
                 let free = |addr: usize, class: usize| unsafe {
-                    System.dealloc(addr as *mut u8, Layout::from_size_align_unchecked(class, MAX_ALIGN))
+                    System.dealloc(std::ptr::with_exposed_provenance_mut::<u8>(addr), Layout::from_size_align_unchecked(class, MAX_ALIGN))
                 };
                 match self.try_lock() {
-                    Some(mut cache) => cache.put(ptr as usize, class, free),
-                    None => free(ptr as usize, class),
+                    Some(mut cache) => cache.put(ptr.expose_provenance(), class, free),
+                    None => free(ptr.expose_provenance(), class),
                 }
             }
             // SAFETY: the caller's contract, passed on.
