@@ -2,7 +2,9 @@
 
 An optimiser holds a list of :class:`rconv.nn.Parameter` and updates their ``data`` in place
 from their ``grad`` on each ``step()``. Its state (momentum buffers, Adam moments) is kept in
-the parameters' dtype. The updates are a few NumPy vector operations per parameter.
+the parameters' dtype. Each step updates every parameter in one native pass, in place
+(``rust/optim.rs``), with the same float operations in the same order as the formula written
+out in NumPy. ``data`` and the state must be C-contiguous (a Parameter's always are).
 
 Examples
 --------
