@@ -326,13 +326,24 @@ fn correlate<T: Real>(
     let kernel = forward_kernel::<T>(isa, kb);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let work = n * groups * kout * out_len * cin * taps;
-    let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    parallel::for_each_init(n * groups * chunks, work, scratch, |(xs, wide, offs, row_starts): &mut (Vec<T>, Vec<T>, Vec<usize>, Vec<usize>), item| {
+    type Scratch<T> = (Vec<T>, Vec<T>, Vec<usize>, Vec<usize>, Vec<(usize, usize)>);
+    let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    parallel::for_each_init(n * groups * chunks, work, scratch, |(xs, wide, offs, row_starts, runs): &mut Scratch<T>, item| {
         let (ng, chunk) = (item / chunks, item % chunks);
         let (s, g) = (ng / groups, ng % groups);
         let (r0, r1) = (chunk * task_rows, ((chunk + 1) * task_rows).min(rows));
-        let (start, end) = plane.wide_span(r0, r1);
-        let span = (end - start).div_ceil(lanes) * lanes;
+        let (start, _) = plane.wide_span(r0, r1);
+        // The rows of each depth slice are one run of the wide grid; the padded rows between
+        // slices (3-D) are skipped. Each run is computed in whole vectors.
+        runs.clear();
+        let mut ra = r0;
+        while ra < r1 {
+            let rb = r1.min((ra / plane.out[1] + 1) * plane.out[1]);
+            let (from, to) = plane.wide_span(ra, rb);
+            runs.push((from - start, (to - from).div_ceil(lanes) * lanes));
+            ra = rb;
+        }
+        let span = runs.iter().map(|&(from, len)| from + len).max().unwrap_or(0);
         let phase_len = span + plane.max_offset();
         let stride = phases * phase_len;
         Plane::offsets(&tap_list, phase_len, offs);
@@ -346,11 +357,14 @@ fn correlate<T: Real>(
         }
         for b in 0..blocks {
             let w = &packed[((g * blocks + b) * cin * taps) * kb..][..cin * taps * kb];
-            // SAFETY: `kernel` was chosen for `isa`, which this CPU has. It reads `cin` channels
-            // of `stride` elements from `xs` at positions `p + offs[t]` with `p < span` and
-            // `offs[t] <= (phases - 1) * phase_len + max_offset`, all inside `xs`; `cin * taps * kb`
-            // weights; and writes `kb` rows of `span` elements into `wide`.
-            unsafe { kernel(xs.as_ptr(), stride, cin, offs, w.as_ptr(), span, wide.as_mut_ptr()) };
+            for &(from, len) in runs.iter() {
+                // SAFETY: `kernel` was chosen for `isa`, which this CPU has. It reads `cin`
+                // channels of `stride` elements from `xs` at positions `p + offs[t]` with
+                // `from <= p < from + len <= span` and `offs[t] <= (phases - 1) * phase_len +
+                // max_offset`, all inside `xs`; `cin * taps * kb` weights; and writes positions
+                // `from .. from + len` of `kb` rows of `span` elements in `wide`.
+                unsafe { kernel(xs.as_ptr(), stride, cin, offs, w.as_ptr(), span, wide.as_mut_ptr(), from, len) };
+            }
             for j in 0..kb.min(kout - b * kb) {
                 let k = g * kout + b * kb + j;
                 let add = bias.map_or(T::zero(), |bias| bias[k]);
@@ -496,7 +510,7 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
     }
 }
 
-type ForwardFn<T> = unsafe fn(*const T, usize, usize, &[usize], *const T, usize, *mut T);
+type ForwardFn<T> = unsafe fn(*const T, usize, usize, &[usize], *const T, usize, *mut T, usize, usize);
 type WeightFn<T> = unsafe fn(*const T, *const T, usize, usize, usize, usize, usize, &[usize], *mut T);
 
 /// The forward block kernel for `isa` and `kb` output channels.
@@ -504,14 +518,16 @@ fn forward_kernel<T: Real>(isa: Isa, kb: usize) -> ForwardFn<T> {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<T: Real, const KB: usize>(xs: *const T, stride: usize, cin: usize, offs: &[usize], w: *const T, span: usize, wide: *mut T) {
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx512<T: Real, const KB: usize>(xs: *const T, stride: usize, cin: usize, offs: &[usize], w: *const T, span: usize, wide: *mut T, from: usize, len: usize) {
             // SAFETY: forwarded from the caller (this CPU has AVX-512F).
-            unsafe { forward_block::<T::V512, KB>(xs, stride, cin, offs, w, span, wide) }
+            unsafe { forward_block::<T::V512, KB>(xs, stride, cin, offs, w, span, wide, from, len) }
         }
         #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<T: Real, const KB: usize>(xs: *const T, stride: usize, cin: usize, offs: &[usize], w: *const T, span: usize, wide: *mut T) {
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx2<T: Real, const KB: usize>(xs: *const T, stride: usize, cin: usize, offs: &[usize], w: *const T, span: usize, wide: *mut T, from: usize, len: usize) {
             // SAFETY: forwarded from the caller (this CPU has AVX2 and FMA).
-            unsafe { forward_block::<T::V256, KB>(xs, stride, cin, offs, w, span, wide) }
+            unsafe { forward_block::<T::V256, KB>(xs, stride, cin, offs, w, span, wide, from, len) }
         }
         match (isa, kb) {
             (Isa::Avx512, 8) => avx512::<T, 8>,
@@ -526,14 +542,16 @@ fn forward_kernel<T: Real>(isa: Isa, kb: usize) -> ForwardFn<T> {
     unreachable!("Isa::detect finds no instruction set off x86-64")
 }
 
-/// `wide[j][p] = sum over c, t of w[c][t][j] * xs[c][p + offs[t]]` for `j < KB`, `p < span`
-/// (`span` a multiple of `V::LANES`): tiles of `VB` vectors, and one of a single vector where
-/// `span` leaves less (a narrow map's wide rows round up to fewer discarded positions).
+/// `wide[j][p] = sum over c, t of w[c][t][j] * xs[c][p + offs[t]]` for `j < KB` and
+/// `from <= p < from + len` (`len` a multiple of `V::LANES`, `wide`'s rows `span` long): tiles
+/// of `VB` vectors, and one of a single vector where `len` leaves less (a narrow map's wide rows
+/// round up to fewer discarded positions).
 ///
 /// # Safety
 /// This CPU has `V`'s instruction set; the pointers cover what the caller of `forward_kernel`
 /// documents.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn forward_block<V: Vector, const KB: usize>(
     xs: *const V::Elem,
     stride: usize,
@@ -542,15 +560,18 @@ unsafe fn forward_block<V: Vector, const KB: usize>(
     w: *const V::Elem,
     span: usize,
     wide: *mut V::Elem,
+    from: usize,
+    len: usize,
 ) {
     let step = VB * V::LANES;
-    let full = span / step * step;
-    // SAFETY (whole body): every tile lies inside `0..span`, as the caller documents.
+    let full = from + len / step * step;
+    // SAFETY (whole body): every tile lies inside `from .. from + len`, within `0..span`, as
+    // the caller documents.
     unsafe {
-        for p in (0..full).step_by(step) {
+        for p in (from..full).step_by(step) {
             forward_tile::<V, KB, VB>(xs, stride, cin, offs, w, span, wide, p);
         }
-        for p in (full..span).step_by(V::LANES) {
+        for p in (full..from + len).step_by(V::LANES) {
             forward_tile::<V, KB, 1>(xs, stride, cin, offs, w, span, wide, p);
         }
     }
