@@ -1031,3 +1031,41 @@ def test_unbatched_chw_hand(dtype):
     got = rconv.max_pool2d_backward(gp, x, 2)
     assert got.shape == x.shape
     np.testing.assert_array_equal(got, rconv.max_pool2d_backward(gp[None], x[None], 2)[0])
+
+
+# ----------------------------------------------------------------------------------------------
+# non-finite values reach exactly the outputs whose plain sums contain them
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_non_finite_values_propagate_as_in_the_plain_sums(dtype):
+    """Winograd (3x3, 16+ channels) mixes every element of a tile, and the direct weight
+    gradient also reads positions of discarded wide-grid outputs: an inf or NaN must still only
+    reach the outputs (and gradient entries) whose plain sum contains it, as in PyTorch."""
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 16, 12, 12))
+    w = rng.random((16, 16, 3, 3))
+    g = rng.random((2, 16, 12, 12))
+    x[0, 3, 5, 7], x[1, 0, 0, 11] = np.inf, np.nan
+    g[0, 2, 6, 0], g[1, 5, 11, 11] = np.inf, np.nan
+    x, w, g = x.astype(dtype), w.astype(dtype), g.astype(dtype)
+    x64, w64, g64 = x.astype(np.float64), w.astype(np.float64), g.astype(np.float64)
+    tol = dict(rtol=1e-10 if dtype == np.float64 else 1e-4)
+
+    np.testing.assert_allclose(rconv.conv2d(x, w, padding=1), ref.conv(x64, w64, None, padding=1), **tol)
+
+    # grad_input[n, c, y, x] = sum over k, i, j of w[k, c, i, j] * g[n, k, y + 1 - i, x + 1 - j]
+    gp = np.zeros((2, 16, 14, 14))
+    for i, j in itertools.product(range(3), range(3)):
+        gp[:, :, i:i + 12, j:j + 12] += np.einsum("nkhw,kc->nchw", g64, w64[:, :, i, j])
+    want_dx = gp[:, :, 1:13, 1:13]
+    # grad_weight[k, c, i, j] = sum over n, y, x of g[n, k, y, x] * x_padded[n, c, y + i, x + j]
+    xp = np.pad(x64, [(0, 0), (0, 0), (1, 1), (1, 1)])
+    want_dw = np.zeros(w.shape)
+    for i, j in itertools.product(range(3), range(3)):
+        want_dw[:, :, i, j] = np.einsum("nkhw,nchw->kc", g64, xp[:, :, i:i + 12, j:j + 12])
+    dx, dw, _ = rconv.conv2d_backward(g, x, w, padding=1)
+    assert np.isfinite(want_dx).sum() > 0 and (~np.isfinite(want_dx)).sum() > 0
+    assert np.isfinite(want_dw).sum() > 0 and (~np.isfinite(want_dw)).sum() > 0
+    np.testing.assert_allclose(dx, want_dx, **tol)
+    np.testing.assert_allclose(dw, want_dw, **tol)

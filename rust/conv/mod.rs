@@ -62,7 +62,13 @@ impl Strategy {
         match self {
             Strategy::Im2col => im2col::forward(x, w, bias, geo, out),
             Strategy::Depthwise => depthwise::forward(x, w, bias, geo, out),
-            Strategy::Winograd => winograd::forward(x, w, bias, geo, out),
+            Strategy::Winograd => {
+                winograd::forward(x, w, bias, geo, out);
+                if !all_finite(out) {
+                    out.fill(T::zero());
+                    im2col::forward(x, w, bias, geo, out);
+                }
+            }
             Strategy::Direct => direct::forward(x, w, bias, geo, out),
         }
     }
@@ -71,7 +77,13 @@ impl Strategy {
         match self {
             Strategy::Im2col => im2col::backward_input(dy, w, geo, dx),
             Strategy::Depthwise => depthwise::backward_input(dy, w, geo, dx),
-            Strategy::Winograd => winograd::backward_input(dy, w, geo, dx),
+            Strategy::Winograd => {
+                winograd::backward_input(dy, w, geo, dx);
+                if !all_finite(dx) {
+                    dx.fill(T::zero());
+                    im2col::backward_input(dy, w, geo, dx);
+                }
+            }
             Strategy::Direct if direct::input_gradient_applies(geo) => direct::backward_input(dy, w, geo, dx),
             Strategy::Direct => im2col::backward_input(dy, w, geo, dx),
         }
@@ -83,10 +95,48 @@ impl Strategy {
             Strategy::Depthwise => depthwise::backward_weight(x, dy, geo, dw),
             // Winograd's transforms do not pay for the weight gradient; the direct loops do it
             // in 0.66x of im2col's time (res_3x3_64, one thread).
-            Strategy::Winograd | Strategy::Direct if direct::weight_gradient_applies(geo) => direct::backward_weight(x, dy, geo, dw),
+            Strategy::Winograd | Strategy::Direct if direct::weight_gradient_applies(geo) => {
+                direct::backward_weight(x, dy, geo, dw);
+                if !all_finite(dw) {
+                    dw.fill(T::zero());
+                    im2col::backward_weight(x, dy, geo, dw);
+                }
+            }
             Strategy::Winograd | Strategy::Direct => im2col::backward_weight(x, dy, geo, dw),
         }
     }
+}
+
+/// Whether every element of `v` is finite.
+///
+/// Winograd's transforms mix all the elements of a tile, and the direct weight gradient also
+/// multiplies discarded wide-grid positions (zero gradient) by the inputs they read, so an
+/// infinite or NaN input can make them give NaN where the plain sum gives a finite value or
+/// +-inf. A finite input always gives them a finite result (short of overflow), so a
+/// non-finite result means the layer is recomputed with im2col, whose sums are the plain
+/// ones. The scan costs a read of the result (about 4% of res_3x3_64's forward).
+fn all_finite<T: Real>(v: &[T]) -> bool {
+    const CHUNK: usize = 1 << 14;
+    let bad = std::sync::atomic::AtomicBool::new(false);
+    crate::parallel::for_each(v.len().div_ceil(CHUNK), v.len(), |i| {
+        let chunk = &v[i * CHUNK..((i + 1) * CHUNK).min(v.len())];
+        // `x * 0` is NaN exactly for inf and NaN, and +-0 otherwise; 16 independent running
+        // sums without an early exit vectorise.
+        let (zero, mut acc) = (T::zero(), [T::zero(); 16]);
+        let mut groups = chunk.chunks_exact(16);
+        for group in &mut groups {
+            for (a, &x) in acc.iter_mut().zip(group) {
+                *a += x * zero;
+            }
+        }
+        for &x in groups.remainder() {
+            acc[0] += x * zero;
+        }
+        if acc.iter().any(|&a| a != zero) {
+            bad.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    !bad.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 use crate::element::{standard, zeros, Real};
