@@ -93,6 +93,15 @@ impl BlockCache {
     }
 }
 
+/// Returns the block at `addr` (exposed provenance) of `class` bytes to the system.
+///
+/// # Safety
+/// The block came from `CachingAllocator::alloc_class` with this class, and is freed once.
+unsafe fn free_block(addr: usize, class: usize) {
+    // SAFETY: `alloc_class` allocated it from `System` with exactly this layout.
+    unsafe { System.dealloc(std::ptr::with_exposed_provenance_mut::<u8>(addr), Layout::from_size_align_unchecked(class, MAX_ALIGN)) }
+}
+
 /// The system allocator with a `BlockCache` in front of it for blocks in the cached range.
 pub(crate) struct CachingAllocator {
     cache: Mutex<BlockCache>,
@@ -121,10 +130,8 @@ impl CachingAllocator {
 
     /// Frees every cached block.
     pub(crate) fn release(&self) {
-        self.lock().clear(|addr, class| {
-            // SAFETY: the block was allocated by `System` with this class's layout (`alloc_class`).
-            unsafe { System.dealloc(std::ptr::with_exposed_provenance_mut::<u8>(addr), Layout::from_size_align_unchecked(class, MAX_ALIGN)) }
-        });
+        // SAFETY: every cached block came from `alloc_class`.
+        self.lock().clear(|addr, class| unsafe { free_block(addr, class) });
     }
 
     /// Bytes the cache holds.
@@ -181,11 +188,9 @@ unsafe impl GlobalAlloc for CachingAllocator {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         match class_of(layout) {
             Some(class) => {
-                // SAFETY (both): a block of this class was allocated by `System` with the
-                // class's layout (`alloc_class`), as was every block the cache evicts.
-                let free = |addr: usize, class: usize| unsafe {
-                    System.dealloc(std::ptr::with_exposed_provenance_mut::<u8>(addr), Layout::from_size_align_unchecked(class, MAX_ALIGN))
-                };
+                // SAFETY: a block of this class came from `alloc_class`, as did every block the
+                // cache evicts.
+                let free = |addr: usize, class: usize| unsafe { free_block(addr, class) };
                 match self.try_lock() {
                     Some(mut cache) => cache.put(ptr.expose_provenance(), class, free),
                     None => free(ptr.expose_provenance(), class),

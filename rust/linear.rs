@@ -10,7 +10,7 @@ const ROW_BLOCK: usize = 64;
 /// Output features per parallel task (a block of W^T that stays in cache).
 const COL_BLOCK: usize = 256;
 /// Multiply-adds a task should have at least; a small layer is split into columns down to it
-/// (LeNet-5's 64 x 400 x 120 layer: 4 tasks instead of one, 113 -> 70 us on 2 threads).
+/// (LeNet-5's 64 x 400 x 120 layer: 4 tasks instead of one, 113 -> 93 us on 2 threads).
 const MIN_TASK_WORK: usize = 1 << 19;
 
 /// The column block for a GEMM of `row_blocks` row blocks, `cols` columns and `work`

@@ -332,7 +332,7 @@ fn correlate<T: Real>(
         let (ng, chunk) = (item / chunks, item % chunks);
         let (s, g) = (ng / groups, ng % groups);
         let (r0, r1) = (chunk * task_rows, ((chunk + 1) * task_rows).min(rows));
-        let (start, _) = plane.wide_span(r0, r1);
+        let start = plane.wide_row(r0);
         // The rows of each depth slice are one run of the wide grid; the padded rows between
         // slices (3-D) are skipped. Each run is computed in whole vectors.
         runs.clear();
