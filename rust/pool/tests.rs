@@ -139,6 +139,12 @@ fn random_cases(max_kinds: bool) -> Vec<Case> {
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     let mut out = vec![
         Case { shape: vec![2, 3, 16, 16], params: PoolParams::new(vec![2, 2]) },
+        // The 2x2 pair kernels: LeNet-5's maps, odd sizes (uncovered last row and column) and
+        // rows too short for a vector.
+        Case { shape: vec![2, 3, 10, 10], params: PoolParams::new(vec![2, 2]) },
+        Case { shape: vec![1, 2, 7, 9], params: PoolParams::new(vec![2, 2]) },
+        Case { shape: vec![3, 1, 2, 3], params: PoolParams::new(vec![2, 2]) },
+        Case { shape: vec![1, 2, 5, 37], params: PoolParams::new(vec![2, 2]) },
         Case { shape: vec![1, 2, 15, 17], params: p(vec![3, 3], vec![2, 2], vec![1, 1], vec![1, 1], false) },
         Case { shape: vec![1, 2, 15, 17], params: p(vec![3, 3], vec![2, 2], vec![1, 1], vec![1, 1], true) },
         Case { shape: vec![1, 1, 7, 9], params: p(vec![3, 2], vec![1, 1], vec![1, 1], vec![1, 1], false) },
@@ -383,6 +389,39 @@ fn task_splits_and_instruction_sets_do_not_change_results() {
                 }
                 assert_same(&dx, &want_dx[..in_len], &format!("{case:?} backward level={level:?} rows={rpt}"));
             }
+        }
+    }
+}
+
+/// The 2x2 pair kernels built for every instruction set give the generic loops' bits.
+#[test]
+fn pair_kernels_match_at_every_level() {
+    let mut rng = Rng(17);
+    let params = PoolParams::new(vec![2, 2]);
+    for shape in [[1, 1, 6, 40], [1, 1, 9, 33], [1, 1, 4, 2]] {
+        let x = values::<f32>(&shape, &mut rng, true);
+        let geo = params.geometry(x.shape()).unwrap();
+        let (w, wo) = (geo.input[2], geo.output[2]);
+        let (want, want_idx) = generic_max(&x, &params);
+        let dy = values::<f32>(&geo.output_shape(), &mut rng, true);
+        let want_dx = generic_max_backward(dy.as_slice().unwrap(), &x, &params);
+        let xs = x.as_slice().unwrap();
+        for &level in &simd::levels() {
+            let (mut out, mut vals, mut idx) = (vec![0.0f32; want.len()], vec![0.0f32; want.len()], vec![0i64; want.len()]);
+            let mut dx = vec![0.0f32; xs.len()];
+            for oy in 0..geo.output[1] {
+                let (r0, r1) = (&xs[2 * oy * w..][..w], &xs[(2 * oy + 1) * w..][..w]);
+                let o = oy * wo..(oy + 1) * wo;
+                max::pair_row(level, r0, r1, &mut out[o.clone()], &mut idx[o.clone()], (2 * oy * w) as i64, w as i64);
+                max::pair_row_values(level, r0, r1, &mut vals[o.clone()]);
+                let (d0, d1) = dx[2 * oy * w..][..2 * w].split_at_mut(w);
+                max::pair_grad_row(level, r0, r1, &dy.as_slice().unwrap()[o], d0, d1);
+            }
+            let what = format!("{shape:?} level={level:?}");
+            assert_same(&out, &want, &what);
+            assert_same(&vals, &want, &what);
+            assert_eq!(idx, want_idx, "{what}");
+            assert_same(&dx, &want_dx, &what);
         }
     }
 }
