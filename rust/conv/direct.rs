@@ -15,6 +15,11 @@
 //! A stride `s` splits each input channel into its `s^dims` phases (`Plane`), each correlated at
 //! stride 1 with the taps that fall on it, so strided layers run the same dense loops.
 //!
+//! At stride 1, rows whose kernel rows fall partly on the zero padding skip those taps: the
+//! output's rows are split into bands of equal valid taps, each with its own packed weights
+//! (`Plane::row_taps`). The input gradient of a small map pads it by the kernel's extent, so
+//! this skips most of its zeros (LeNet-5's second layer: 50 of 70 kernel rows are kept).
+//!
 //! The gradient of the input (at stride 1) is the same correlation applied to the gradient of
 //! the output with the kernel flipped and transposed (`Plane::transposed`); at larger strides it
 //! is left to im2col. The gradient of the weight is a dot product per (output channel, input
@@ -188,6 +193,30 @@ impl Plane {
         (self.wide_row(r0), self.wide_row(r1 - 1) + self.out[2])
     }
 
+    /// Which taps of output row `r` read a row of the source, not of the zero padding: every
+    /// tap at a stride (its phases mix rows), else those whose depth and height land inside
+    /// the source. A tap that reads only padding adds `w * 0.0`, which leaves the sum unchanged
+    /// (it starts at `+0.0`, and with round-to-nearest a sum of products is never `-0.0`), so
+    /// skipping it gives the same bits.
+    fn row_taps(&self, r: usize) -> Vec<bool> {
+        let [kd, kh, kw] = self.kernel;
+        if self.stride != [1; 3] {
+            return vec![true; kd * kh * kw];
+        }
+        let (z, y) = (r / self.out[1], r % self.out[1]);
+        let inside = |d: usize, at: usize, k: usize| {
+            let i = (at + k * self.dilation[d]) as isize - self.lo[d];
+            i >= 0 && i < self.src[d] as isize
+        };
+        let mut taps = Vec::with_capacity(kd * kh * kw);
+        for a in 0..kd {
+            for b in 0..kh {
+                taps.extend(std::iter::repeat_n(inside(0, z, a) && inside(1, y, b), kw));
+            }
+        }
+        taps
+    }
+
     fn src_len(&self) -> usize {
         self.src.iter().product()
     }
@@ -280,6 +309,21 @@ fn pack_weights<T: Real>(w: &[T], groups: usize, cin: usize, kout: usize, taps: 
     packed
 }
 
+/// The taps of `mask` of packed weights `[unit][tap][j]` (`units` units of `mask.len()` taps
+/// of `kb` weights), as `[unit][selected tap][j]`.
+fn select_taps<T: Real>(packed: &[T], units: usize, mask: &[bool], kb: usize) -> Vec<T> {
+    let taps = mask.len();
+    let mut out = Vec::with_capacity(units * mask.iter().filter(|&&m| m).count() * kb);
+    for unit in packed.chunks_exact(taps * kb).take(units) {
+        for (t, w) in unit.chunks_exact(kb).enumerate() {
+            if mask[t] {
+                out.extend_from_slice(w);
+            }
+        }
+    }
+    out
+}
+
 /// The output-channel block for `kout` channels: the fewest padded channels, then the largest.
 fn block_rows(isa: Isa, kout: usize) -> usize {
     let choices: &[usize] = match isa {
@@ -326,27 +370,54 @@ fn correlate<T: Real>(
     let kernel = forward_kernel::<T>(isa, kb);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let work = n * groups * kout * out_len * cin * taps;
-    type Scratch<T> = (Vec<T>, Vec<T>, Vec<usize>, Vec<usize>, Vec<(usize, usize)>);
+    // Rows whose taps read the same source rows form a band, with the weights of those taps
+    // packed on their own. A large padding leaves many taps on zeros: LeNet-5's second layer's
+    // input gradient pads a 10x10 map by 4, and its 14 rows read 50 of their 70 kernel rows.
+    let mut masks: Vec<Vec<bool>> = Vec::new();
+    let row_band: Vec<usize> = (0..rows)
+        .map(|r| {
+            let m = plane.row_taps(r);
+            masks.iter().position(|b| *b == m).unwrap_or_else(|| {
+                masks.push(m);
+                masks.len() - 1
+            })
+        })
+        .collect();
+    let band_weights: Vec<Vec<T>> = masks.iter().map(|m| select_taps(packed, groups * blocks * cin, m, kb)).collect();
+    let band_taps: Vec<usize> = masks.iter().map(|m| m.iter().filter(|&&t| t).count()).collect();
+    // Where each band's offsets start in a task's `offs`, after the full list.
+    let band_offs_at: Vec<usize> = band_taps.iter().scan(taps, |at, &n| Some(std::mem::replace(at, *at + n))).collect();
+    type Scratch<T> = (Vec<T>, Vec<T>, Vec<usize>, Vec<usize>, Vec<(usize, usize, usize)>);
     let scratch = || (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     parallel::for_each_init(n * groups * chunks, work, scratch, |(xs, wide, offs, row_starts, runs): &mut Scratch<T>, item| {
         let (ng, chunk) = (item / chunks, item % chunks);
         let (s, g) = (ng / groups, ng % groups);
         let (r0, r1) = (chunk * task_rows, ((chunk + 1) * task_rows).min(rows));
         let start = plane.wide_row(r0);
-        // The rows of each depth slice are one run of the wide grid; the padded rows between
-        // slices (3-D) are skipped. Each run is computed in whole vectors.
+        // The rows of each depth slice and band are one run of the wide grid; the padded rows
+        // between slices (3-D) are skipped. Each run is computed in whole vectors; where that
+        // reaches into the next run's rows, the next run (computed later) overwrites them.
         runs.clear();
         let mut ra = r0;
         while ra < r1 {
-            let rb = r1.min((ra / plane.out[1] + 1) * plane.out[1]);
+            let slice_end = r1.min((ra / plane.out[1] + 1) * plane.out[1]);
+            let rb = (ra + 1..slice_end).find(|&r| row_band[r] != row_band[ra]).unwrap_or(slice_end);
             let (from, to) = plane.wide_span(ra, rb);
-            runs.push((from - start, (to - from).div_ceil(lanes) * lanes));
+            runs.push((from - start, (to - from).div_ceil(lanes) * lanes, row_band[ra]));
             ra = rb;
         }
-        let span = runs.iter().map(|&(from, len)| from + len).max().unwrap_or(0);
+        let span = runs.iter().map(|&(from, len, _)| from + len).max().unwrap_or(0);
         let phase_len = span + plane.max_offset();
         let stride = phases * phase_len;
+        // Every tap's offset, then each band's (at `band_offs_at`).
         Plane::offsets(&tap_list, phase_len, offs);
+        for m in &masks {
+            for t in 0..taps {
+                if m[t] {
+                    offs.push(offs[t]);
+                }
+            }
+        }
         xs.resize(cin * stride, T::zero());
         wide.resize(kb * span, T::zero());
         row_starts.clear();
@@ -356,14 +427,16 @@ fn correlate<T: Real>(
             plane.fill(channel, start, phase_len, &mut xs[c * stride..][..stride]);
         }
         for b in 0..blocks {
-            let w = &packed[((g * blocks + b) * cin * taps) * kb..][..cin * taps * kb];
-            for &(from, len) in runs.iter() {
+            for &(from, len, band) in runs.iter() {
+                let nt = band_taps[band];
+                let band_offs = &offs[band_offs_at[band]..][..nt];
+                let w = &band_weights[band][((g * blocks + b) * cin * nt) * kb..][..cin * nt * kb];
                 // SAFETY: `kernel` was chosen for `isa`, which this CPU has. It reads `cin`
-                // channels of `stride` elements from `xs` at positions `p + offs[t]` with
-                // `from <= p < from + len <= span` and `offs[t] <= (phases - 1) * phase_len +
-                // max_offset`, all inside `xs`; `cin * taps * kb` weights; and writes positions
-                // `from .. from + len` of `kb` rows of `span` elements in `wide`.
-                unsafe { kernel(xs.as_ptr(), stride, cin, offs, w.as_ptr(), span, wide.as_mut_ptr(), from, len) };
+                // channels of `stride` elements from `xs` at positions `p + band_offs[t]` with
+                // `from <= p < from + len <= span` and `band_offs[t] <= (phases - 1) * phase_len
+                // + max_offset`, all inside `xs`; `cin * nt * kb` weights; and writes
+                // positions `from .. from + len` of `kb` rows of `span` elements in `wide`.
+                unsafe { kernel(xs.as_ptr(), stride, cin, band_offs, w.as_ptr(), span, wide.as_mut_ptr(), from, len) };
             }
             for j in 0..kb.min(kout - b * kb) {
                 let k = g * kout + b * kb + j;
@@ -764,7 +837,7 @@ mod tests {
     /// (input, weight, padding, dilation, groups, stride)
     type Case = (&'static [usize], &'static [usize], usize, usize, usize, usize);
 
-    const CASES: [Case; 17] = [
+    const CASES: [Case; 20] = [
         (&[2, 3, 12, 11], &[6, 3, 5, 5], 0, 1, 1, 1),
         (&[3, 6, 14, 14], &[16, 6, 5, 5], 2, 1, 1, 1),
         (&[1, 4, 9, 13], &[6, 2, 3, 3], 1, 2, 2, 1),
@@ -784,6 +857,11 @@ mod tests {
         (&[1, 2, 7, 8, 9], &[3, 2, 3, 3, 3], 1, 1, 1, 2),
         (&[1, 3, 9, 9], &[5, 3, 2, 2], 0, 1, 1, 4),
         (&[2, 16, 28, 28], &[12, 16, 3, 3], 1, 1, 1, 2),
+        // Row bands: LeNet-5's second layer (its input gradient pads by 4), and paddings past
+        // the dilated kernel, where some rows (and depth slices) read no source row at all.
+        (&[2, 6, 14, 14], &[16, 6, 5, 5], 0, 1, 1, 1),
+        (&[1, 2, 3, 4], &[3, 2, 2, 2], 3, 2, 1, 1),
+        (&[1, 2, 3, 4, 5], &[2, 2, 2, 3, 2], 3, 1, 1, 1),
     ];
 
     /// The direct kernels against im2col (which the other tests check against the definition),
