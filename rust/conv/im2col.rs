@@ -8,7 +8,7 @@
 //! independent tasks, and their split depends only on the shapes, so results do not depend on
 //! the thread count.
 
-use crate::element::{Real, SendPtr};
+use crate::element::{transpose, Real, SendPtr};
 use crate::params::ConvGeometry;
 use crate::parallel;
 
@@ -51,8 +51,9 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
     let tiles = out_len.div_ceil(tile);
     let pointwise = geo.kernel_volume() == 1 && geo.stride == [1; 3] && !geo.has_padding();
     let per_tile = (tile / out_len).min(geo.n);
+    let wt = transposed_weights(w, geo.groups, kg, rows);
     if !pointwise && per_tile > 1 {
-        return forward_batched(x, w, bias, geo, out, per_tile);
+        return forward_batched(x, &wt, bias, geo, out, per_tile);
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
 
@@ -85,19 +86,30 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
             fill_tile(x_group, geo, cg, p0, cols, cols, col);
             (col.as_ptr(), cols as isize)
         };
-        let a = &w[g * kg * rows..][..kg * rows];
-        // SAFETY: A is (kg, rows) row-major inside `w`; B is (rows, cols) with row stride rsb
-        // inside `col` or `x_group`; C is this task's block of `out`, disjoint from A and B.
+        let a = &wt[g * kg * rows..][..kg * rows];
+        // SAFETY: A is (kg, rows) column-major inside `wt`; B is (rows, cols) with row stride
+        // rsb inside `col` or `x_group`; C is this task's block of `out`, disjoint from A and B.
         unsafe {
-            T::gemm(kg, rows, cols, T::one(), a.as_ptr(), rows as isize, 1, b_ptr, rsb, 1, beta, c, out_len as isize, 1);
+            T::gemm(kg, rows, cols, T::one(), a.as_ptr(), 1, kg as isize, b_ptr, rsb, 1, beta, c, out_len as isize, 1);
         }
     });
+}
+
+/// Each group's weights `(kg, rows)` stored column-major, `[g][row][k]`, so that the GEMM packs
+/// them by copying runs (see `element::transpose`); once per call, not once per tile.
+fn transposed_weights<T: Real>(w: &[T], groups: usize, kg: usize, rows: usize) -> Vec<T> {
+    let mut wt = vec![T::zero(); w.len()];
+    for (src, dst) in w.chunks_exact(kg * rows).zip(wt.chunks_exact_mut(kg * rows)).take(groups) {
+        transpose(src, kg, rows, rows, dst, kg);
+    }
+    wt
 }
 
 /// `forward` for small feature maps: the im2col columns of `per_tile` samples sit side by side
 /// in one tile, so the GEMM is `per_tile` times wider (a 10x10 map alone gives a GEMM of 100
 /// columns, too narrow to run fast). The GEMM writes a (kg, width) buffer, copied to `out`.
-fn forward_batched<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeometry, out: &mut [T], per_tile: usize) {
+/// `wt` holds the weights as `transposed_weights` lays them out.
+fn forward_batched<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, geo: &ConvGeometry, out: &mut [T], per_tile: usize) {
     let (cg, kg) = (geo.c_in_per_group(), geo.c_out_per_group());
     let rows = cg * geo.kernel_volume();
     let (in_len, out_len) = (geo.input_len(), geo.output_len());
@@ -114,11 +126,11 @@ fn forward_batched<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeom
             let x_group = &x[(n * geo.c_in + g * cg) * in_len..][..cg * in_len];
             fill_tile(x_group, geo, cg, 0, out_len, width, &mut col[i * out_len..]);
         }
-        let a = &w[g * kg * rows..][..kg * rows];
-        // SAFETY: A is (kg, rows) row-major inside `w`, B (rows, width) and C (kg, width) are
-        // this task's own buffers.
+        let a = &wt[g * kg * rows..][..kg * rows];
+        // SAFETY: A is (kg, rows) column-major inside `wt`, B (rows, width) and C (kg, width)
+        // are this task's own buffers.
         unsafe {
-            T::gemm(kg, rows, width, T::one(), a.as_ptr(), rows as isize, 1, col.as_ptr(), width as isize, 1, T::zero(), acc.as_mut_ptr(), width as isize, 1);
+            T::gemm(kg, rows, width, T::one(), a.as_ptr(), 1, kg as isize, col.as_ptr(), width as isize, 1, T::zero(), acc.as_mut_ptr(), width as isize, 1);
         }
         for (i, n) in (n0..n1).enumerate() {
             for k in 0..kg {
@@ -432,40 +444,45 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
     let work = geo.n * geo.c_out * out_len * rows;
     // Small feature maps: several samples' columns side by side make one wide GEMM.
     let per_tile = if pointwise { 1 } else { (tile / out_len).max(1) };
-    parallel::for_each_init(geo.groups * blocks * chunks, work, || (Vec::new(), Vec::new()), |(col, dyb): &mut (Vec<T>, Vec<T>), item| {
+    // Both GEMM operands run along the positions, which matrixmultiply would pack one element
+    // at a time; each tile's are transposed first (`element::transpose`), positions-major.
+    type Scratch<T> = (Vec<T>, Vec<T>, Vec<T>);
+    let scratch = || (Vec::new(), Vec::new(), Vec::new());
+    parallel::for_each_init(geo.groups * blocks * chunks, work, scratch, |(col, col_t, dy_t): &mut Scratch<T>, item| {
         let (gb, chunk) = (item / chunks, item % chunks);
         let (g, b) = (gb / blocks, gb % blocks);
         let (c0, c1) = (b * cb, ((b + 1) * cb).min(cg));
         let channels = c1 - c0;
+        let crows = channels * kvol;
         // SAFETY: task (g, b, chunk) writes columns c0*kvol .. c1*kvol of rows g*kg .. (g+1)*kg
         // of its chunk's (K, rows) matrix: disjoint between tasks, inside the buffer.
         let c = unsafe { dst_ptr.get().add(chunk * wlen + g * kg * rows + c0 * kvol) };
         let x_chans = |n: usize| &x[(n * geo.c_in + g * cg + c0) * in_len..][..channels * in_len];
         let dy_block = |n: usize| &dy[(n * geo.c_out + g * kg) * out_len..][..kg * out_len];
         let (s0, s1) = (chunk * geo.n / chunks, (chunk + 1) * geo.n / chunks);
+        // dW block += dy_t^T col_t for a tile of `width` positions: A = dy_t (width, kg), read
+        // as (kg, width) column-major; B = col_t (width, crows) row-major.
+        let gemm = |dy_t: &[T], col_t: &[T], width: usize| {
+            // SAFETY: A and B are this task's buffers of `width * kg` and `width * crows`
+            // elements; C is this task's block of the partial, disjoint from both.
+            unsafe {
+                T::gemm(kg, width, crows, T::one(), dy_t.as_ptr(), 1, kg as isize, col_t.as_ptr(), crows as isize, 1, T::one(), c, rows as isize, 1);
+            }
+        };
         if per_tile > 1 {
             let mut n0 = s0;
             while n0 < s1 {
                 let n1 = (n0 + per_tile).min(s1);
                 let width = (n1 - n0) * out_len;
-                col.resize(channels * kvol * width, T::zero());
-                dyb.resize(kg * width, T::zero());
+                col.resize(crows * width, T::zero());
+                col_t.resize(crows * width, T::zero());
+                dy_t.resize(kg * width, T::zero());
                 for (i, n) in (n0..n1).enumerate() {
                     fill_tile(x_chans(n), geo, channels, 0, out_len, width, &mut col[i * out_len..]);
-                    for k in 0..kg {
-                        dyb[k * width + i * out_len..][..out_len].copy_from_slice(&dy_block(n)[k * out_len..][..out_len]);
-                    }
+                    transpose(dy_block(n), kg, out_len, out_len, &mut dy_t[i * out_len * kg..], kg);
                 }
-                // SAFETY: A = dy of samples n0..n1 (kg, width) and B = their im2col^T (width,
-                // channels*kvol) are this task's buffers; C = this task's block of the partial.
-                unsafe {
-                    T::gemm(
-                        kg, width, channels * kvol, T::one(),
-                        dyb.as_ptr(), width as isize, 1,
-                        col.as_ptr(), 1, width as isize,
-                        T::one(), c, rows as isize, 1,
-                    );
-                }
+                transpose(col, crows, width, width, col_t, crows);
+                gemm(dy_t, col_t, width);
                 n0 = n1;
             }
             return;
@@ -475,23 +492,17 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
             for t in 0..tiles {
                 let p0 = t * tile;
                 let cols = tile.min(out_len - p0);
-                let (b_ptr, csb) = if pointwise {
-                    (x_chans[p0..].as_ptr(), in_len as isize)
+                col_t.resize(crows * cols, T::zero());
+                dy_t.resize(kg * cols, T::zero());
+                if pointwise {
+                    transpose(&x_chans[p0..], channels, cols, in_len, col_t, crows);
                 } else {
-                    col.resize(channels * kvol * cols, T::zero());
+                    col.resize(crows * cols, T::zero());
                     fill_tile(x_chans, geo, channels, p0, cols, cols, col);
-                    (col.as_ptr(), cols as isize)
-                };
-                // SAFETY: A = dy (kg, cols); B = im2col^T (cols, channels*kvol) read through
-                // the tile's strides; C = this task's block, disjoint from A and B.
-                unsafe {
-                    T::gemm(
-                        kg, cols, channels * kvol, T::one(),
-                        dy_block[p0..].as_ptr(), out_len as isize, 1,
-                        b_ptr, 1, csb,
-                        T::one(), c, rows as isize, 1,
-                    );
+                    transpose(col, crows, cols, cols, col_t, crows);
                 }
+                transpose(&dy_block[p0..], kg, cols, out_len, dy_t, kg);
+                gemm(dy_t, col_t, cols);
             }
         }
     });

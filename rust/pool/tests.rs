@@ -78,8 +78,10 @@ fn assert_same<T: Bits>(a: &[T], b: &[T], what: &str) {
 
 /// As `assert_same`, except that any NaN equals any NaN: a sum of two NaNs keeps one of their
 /// payloads, and which one is the compiler's choice (it may swap an add's operands), so the
-/// average kernels promise NaN but not its payload. Every other value, -0.0 included, must match
-/// bit for bit.
+/// average kernels, and the max backward where overlapping windows add two NaN gradients at
+/// one element, promise NaN but not its payload (a release build of the task-split test gave
+/// 0x7fc081fc where the scan order gives 0x7fc094d6). Every other value, -0.0 included, must
+/// match bit for bit.
 fn assert_same_or_nan<T: Bits>(a: &[T], b: &[T], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
@@ -219,9 +221,9 @@ fn check_max<T: Bits>(special: bool) {
         let dy = values::<T>(got.shape(), &mut rng, special);
         let want_dx = generic_max_backward(dy.as_slice().unwrap(), &x, &case.params);
         let dx = max_pool_backward(dy.view(), x.view(), &case.params).unwrap();
-        assert_same(dx.as_slice().unwrap(), &want_dx, &what);
+        assert_same_or_nan(dx.as_slice().unwrap(), &want_dx, &what);
         let dx = max_pool_backward_indices(dy.view(), got_idx.view(), x.shape(), &case.params).unwrap();
-        assert_same(dx.as_slice().unwrap(), &want_dx, &what);
+        assert_same_or_nan(dx.as_slice().unwrap(), &want_dx, &what);
     }
 }
 
@@ -387,7 +389,7 @@ fn task_splits_and_instruction_sets_do_not_change_results() {
                 for (b, d) in dx.chunks_mut(rpt * w).enumerate() {
                     max::backward_task::<f32>(level, &plan, xs, dy, b * rpt, d);
                 }
-                assert_same(&dx, &want_dx[..in_len], &format!("{case:?} backward level={level:?} rows={rpt}"));
+                assert_same_or_nan(&dx, &want_dx[..in_len], &format!("{case:?} backward level={level:?} rows={rpt}"));
             }
         }
     }
@@ -549,7 +551,7 @@ fn huge_kernels_and_strides_take_the_generic_loops() {
         assert_same(max_pool_forward_values(x.view(), &params).unwrap().as_slice().unwrap(), &want, "huge max values");
         let dy = values::<f32>(y.shape(), &mut rng, false);
         let dx = max_pool_backward(dy.view(), x.view(), &params).unwrap();
-        assert_same(dx.as_slice().unwrap(), &generic_max_backward(dy.as_slice().unwrap(), &x, &params), "huge max backward");
+        assert_same_or_nan(dx.as_slice().unwrap(), &generic_max_backward(dy.as_slice().unwrap(), &x, &params), "huge max backward");
         for cip in [true, false] {
             let mut want = vec![0.0f32; y.len()];
             windows::avg_forward(&geo, x.as_slice().unwrap(), &mut want, cip);
