@@ -1,10 +1,11 @@
 //! The thread pool every operation runs on, and the thread count.
 //!
 //! rconv owns one rayon pool (not rayon's global one) so that `set_num_threads` can resize it at
-//! any time. It holds one thread fewer than the thread count: the calling thread takes part in
-//! every parallel call (`share`), taking items from the same counter as the pool's threads. The
-//! work split of every kernel depends only on the problem's shape, never on the
-//! number of threads, so results are bitwise identical for any thread count.
+//! any time. It holds one thread fewer than the thread count, each running a helper loop
+//! (`Helpers`): the calling thread takes part in every parallel call (`share`), taking items
+//! from the same counter as the helpers. The work split of every kernel depends only on the
+//! problem's shape, never on the number of threads, so results are bitwise identical for any
+//! thread count.
 //!
 //! Fork safety: a child process made by `fork()` inherits the pool's bookkeeping but none of its
 //! threads, so waiting on it would hang forever. The pool remembers the process id it was built
@@ -13,8 +14,9 @@
 
 use crate::error::{Error, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// Environment variable read for the default thread count.
 pub const NUM_THREADS_ENV: &str = "RCONV_NUM_THREADS";
@@ -22,8 +24,8 @@ pub const NUM_THREADS_ENV: &str = "RCONV_NUM_THREADS";
 struct PoolState {
     /// The requested thread count; 0 until first use (then the default is resolved).
     threads: usize,
-    /// The pool and the id of the process that built it.
-    pool: Option<(u32, Arc<ThreadPool>)>,
+    /// The helpers and the id of the process that built them.
+    pool: Option<(u32, Arc<Helpers>)>,
 }
 
 static STATE: Mutex<PoolState> = Mutex::new(PoolState { threads: 0, pool: None });
@@ -72,9 +74,9 @@ pub fn init_from_env() {
     state.pool = None;
 }
 
-/// The pool of helper threads: one fewer than the thread count (at least one), since the
-/// calling thread takes part in every parallel call.
-fn pool() -> Arc<ThreadPool> {
+/// The helpers: one fewer than the thread count (at least one), since the calling thread takes
+/// part in every parallel call. None if the OS refuses threads (calls then run inline).
+fn pool() -> Option<Arc<Helpers>> {
     let mut state = lock();
     if state.threads == 0 {
         state.threads = default_threads();
@@ -82,7 +84,7 @@ fn pool() -> Arc<ThreadPool> {
     let pid = std::process::id();
     if let Some((owner, pool)) = &state.pool {
         if *owner == pid {
-            return Arc::clone(pool);
+            return Some(Arc::clone(pool));
         }
         // Built before a fork: its threads do not exist here. Leak it rather than drop it, as
         // dropping would try to signal threads that are gone.
@@ -90,18 +92,125 @@ fn pool() -> Arc<ThreadPool> {
             std::mem::forget(dead);
         }
     }
-    let built = ThreadPoolBuilder::new()
-        .num_threads(state.threads.saturating_sub(1).max(1))
-        .thread_name(|i| format!("rconv-{i}"))
-        .build()
-        .map(Arc::new);
-    match built {
-        Ok(pool) => {
-            state.pool = Some((pid, Arc::clone(&pool)));
-            pool
+    let helpers = Arc::new(Helpers::start(state.threads.saturating_sub(1).max(1))?);
+    state.pool = Some((pid, Arc::clone(&helpers)));
+    Some(helpers)
+}
+
+/// How long a helper keeps watching for the next call after its last one before it sleeps.
+/// Waking a sleeping thread costs the caller a system call and, on the development VM, an
+/// interrupt to the other virtual CPU: 15-30 us, which made a 75,000-element ReLU slower on 2
+/// threads than on 1 (median 31 against 16 us with 20 us of Python between calls). A training
+/// step's calls come a few microseconds to a few hundred apart.
+const WATCH: Duration = Duration::from_micros(300);
+
+/// The pool's threads, each running `helper_loop` until the pool is dropped.
+struct Helpers {
+    shared: Arc<Shared>,
+    _threads: ThreadPool,
+}
+
+/// What the caller and the helpers share.
+struct Shared {
+    /// The call on offer (at most one at a time; a second caller meanwhile runs inline).
+    offer: Mutex<Option<Arc<Call>>>,
+    /// Bumped for every offer: helpers watch it.
+    epoch: AtomicU64,
+    /// Helpers asleep on `wake`, counted under `sleep`.
+    sleepers: AtomicUsize,
+    sleep: Mutex<()>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+impl Helpers {
+    fn start(n: usize) -> Option<Helpers> {
+        let threads = ThreadPoolBuilder::new().num_threads(n).thread_name(|i| format!("rconv-{i}")).build().ok()?;
+        let shared = Arc::new(Shared {
+            offer: Mutex::new(None),
+            epoch: AtomicU64::new(0),
+            sleepers: AtomicUsize::new(0),
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        for _ in 0..n {
+            let shared = Arc::clone(&shared);
+            threads.spawn(move || shared.helper_loop());
         }
-        // The OS refused threads: run with one helper rather than fail the call.
-        Err(_) => Arc::new(ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool")),
+        Some(Helpers { shared, _threads: threads })
+    }
+
+    /// Offers `call` to the helpers; false (nothing offered) while another call is on offer.
+    fn offer(&self, call: &Arc<Call>) -> bool {
+        let mut offer = self.shared.offer.lock().unwrap_or_else(|e| e.into_inner());
+        if offer.is_some() {
+            return false;
+        }
+        *offer = Some(Arc::clone(call));
+        drop(offer);
+        self.shared.epoch.fetch_add(1, Ordering::SeqCst);
+        // A helper counts itself a sleeper (under `sleep`) before it checks the epoch for the
+        // last time, so either it sees the new epoch or it is counted here.
+        if self.shared.sleepers.load(Ordering::SeqCst) > 0 {
+            let _sleep = self.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
+        }
+        true
+    }
+
+    /// Takes the offer back (the call is then closed by its caller).
+    fn withdraw(&self) {
+        *self.shared.offer.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _sleep = self.shared.sleep.lock().unwrap_or_else(|e| e.into_inner());
+        self.shared.wake.notify_all();
+    }
+}
+
+impl Shared {
+    /// A helper: waits for each new offer and runs its body, until the pool is dropped.
+    fn helper_loop(&self) {
+        let mut seen = self.epoch.load(Ordering::SeqCst);
+        while self.next_offer(&mut seen) {
+            let call = self.offer.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(call) = call {
+                call.run_as_helper();
+            }
+        }
+    }
+
+    /// Waits until the epoch moves past `seen` (true, `seen` updated) or the pool stops
+    /// (false): watching it for `WATCH`, then asleep.
+    fn next_offer(&self, seen: &mut u64) -> bool {
+        let since = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            let epoch = self.epoch.load(Ordering::SeqCst);
+            if epoch != *seen {
+                *seen = epoch;
+                return true;
+            }
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(64) || since.elapsed() < WATCH {
+                std::hint::spin_loop();
+                continue;
+            }
+            let mut sleep = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            while self.epoch.load(Ordering::SeqCst) == *seen && !self.stop.load(Ordering::SeqCst) {
+                sleep = self.wake.wait(sleep).unwrap_or_else(|e| e.into_inner());
+            }
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -132,19 +241,35 @@ impl Drop for InCall {
 struct Call {
     /// The body, its lifetime erased; None once closed. Read and cleared under the lock.
     body: Mutex<Option<&'static (dyn Fn() + Sync)>>,
+    /// Helpers that may still join (the call's share of the pool).
+    seats: AtomicUsize,
     /// Helpers inside the body.
     active: AtomicUsize,
     panicked: AtomicBool,
 }
 
 impl Call {
-    /// The body, for a helper that will run it and then call `leave`; None once closed.
+    /// The body, for a helper that will run it and then call `leave`; None once closed or
+    /// when every seat is taken.
     fn enter(&self) -> Option<&'static (dyn Fn() + Sync)> {
         let body = self.body.lock().unwrap_or_else(|e| e.into_inner());
-        if body.is_some() {
-            self.active.fetch_add(1, Ordering::Acquire);
+        if body.is_none() || self.seats.load(Ordering::Relaxed) == 0 {
+            return None;
         }
+        self.seats.fetch_sub(1, Ordering::Relaxed);
+        self.active.fetch_add(1, Ordering::Acquire);
         *body
+    }
+
+    /// Runs the body on a helper, if the call is still open and has a seat.
+    fn run_as_helper(&self) {
+        if let Some(body) = self.enter() {
+            let _in_call = InCall::enter();
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
+                self.panicked.store(true, Ordering::Relaxed);
+            }
+            self.leave();
+        }
     }
 
     fn leave(&self) {
@@ -176,6 +301,17 @@ impl Drop for CloseOnDrop<'_> {
     }
 }
 
+/// Takes a call's offer back when dropped (also when unwinding), so the next call can be offered.
+struct Withdraw<'a>(Option<&'a Helpers>);
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if let Some(helpers) = self.0 {
+            helpers.withdraw();
+        }
+    }
+}
+
 /// Runs `body` on the calling thread and, at the same time, on up to `helpers` of the pool's
 /// threads; returns when every run has returned. Each run takes items from a counter the body
 /// shares, so whoever is free takes the next item.
@@ -186,31 +322,27 @@ impl Drop for CloseOnDrop<'_> {
 /// the 2-core development VM each wake costs tens of microseconds, which made a LeNet-5
 /// training step slower on 2 threads than on 1. Here a helper that arrives after the caller
 /// has closed the call does nothing, and the caller only waits (spinning: the items are short)
-/// for helpers still inside an item.
+/// for helpers still inside an item. Helpers watch for the next call for a while before they
+/// sleep (`WATCH`), so back-to-back calls need no wake at all.
 fn share<F: Fn() + Sync>(helpers: usize, body: F) {
     let body: &(dyn Fn() + Sync) = &body;
     // SAFETY: the erased reference is only used between `Call::enter` and `Call::leave`, and
     // `CloseOnDrop` below keeps this frame (and so `body`) alive until the call is closed and
     // no helper is between the two; a helper that enters after that gets None.
     let erased: &'static (dyn Fn() + Sync) = unsafe { std::mem::transmute(body) };
-    let call = Arc::new(Call { body: Mutex::new(Some(erased)), active: AtomicUsize::new(0), panicked: AtomicBool::new(false) });
+    let call = Arc::new(Call {
+        body: Mutex::new(Some(erased)),
+        seats: AtomicUsize::new(helpers),
+        active: AtomicUsize::new(0),
+        panicked: AtomicBool::new(false),
+    });
     {
-        // From here on, leaving this block (also by a panic while spawning) closes the call
-        // and waits for any helper inside it.
+        // From here on, leaving this block (also by a panic) closes the call and waits for
+        // any helper inside it.
         let _close = CloseOnDrop(&call);
         let pool = pool();
-        for _ in 0..helpers {
-            let call = Arc::clone(&call);
-            pool.spawn(move || {
-                if let Some(body) = call.enter() {
-                    let _in_call = InCall::enter();
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
-                        call.panicked.store(true, Ordering::Relaxed);
-                    }
-                    call.leave();
-                }
-            });
-        }
+        // Another thread's call on offer, or no pool: this one runs on the caller alone.
+        let _offer = Withdraw(pool.as_deref().filter(|p| p.offer(&call)));
         let _in_call = InCall::enter();
         body();
     }
@@ -356,6 +488,24 @@ mod tests {
             })
         });
         assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+    }
+
+    #[test]
+    fn calls_from_several_threads_each_visit_every_item_once() {
+        // One call is on offer at a time; the others run on their callers meanwhile.
+        std::thread::scope(|scope| {
+            for t in 0..3 {
+                scope.spawn(move || {
+                    for round in 0..50 {
+                        let hits: Vec<AtomicUsize> = (0..257).map(|_| AtomicUsize::new(0)).collect();
+                        for_each(hits.len(), INLINE_WORK * 4, |i| {
+                            hits[i].fetch_add(1 + t, Ordering::Relaxed);
+                        });
+                        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1 + t), "thread {t}, round {round}");
+                    }
+                });
+            }
+        });
     }
 
     #[test]
