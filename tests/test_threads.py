@@ -173,7 +173,10 @@ def test_gil_released_while_computing():
     loop turns until `done`. If conv2d held the GIL the count would be exactly 0.
     """
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 32, 64, 64)).astype(np.float32)
+    # Long enough (about 10 ms on 2 cores) that the OS runs the main thread while both cores
+    # compute: with 4 samples (2 ms) and the helper already awake from the warm-up, the call
+    # sometimes ended before the main thread got a core at all (13 of 200 trials).
+    x = rng.standard_normal((16, 32, 64, 64)).astype(np.float32)
     w = rng.standard_normal((32, 32, 3, 3)).astype(np.float32)
     rconv.conv2d(x[:1], w, padding=1)  # warm up the thread pool outside the measurement
 
