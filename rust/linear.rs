@@ -150,7 +150,6 @@ pub fn linear_backward<T: Real>(
     let w = standard(weight, "weight copy")?;
     let (dy, x, w) = (dy.as_slice().expect("standard"), x.as_slice().expect("standard"), w.as_slice().expect("standard"));
     let (dx_ptr, dw_ptr) = (SendPtr(grad_input.as_mut_ptr()), SendPtr(grad_weight.as_mut_ptr()));
-
     let db = grad_bias.as_slice_mut().expect("fresh array");
     {
         let work = rows * in_f * out_f;
