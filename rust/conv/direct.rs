@@ -263,12 +263,17 @@ impl Plane {
                 piece.fill(T::zero());
                 continue;
             }
-            // Piece element i holds source column x0 + i * sx; those in [a, b) exist.
+            // Piece element i holds source column x0 + i * sx; those in [a, b) exist. A piece
+            // may end inside the left padding (a == run) or start past the source (b == a).
             let x0 = at(2, col);
             let a = ((-x0).max(0) as usize).div_ceil(sx).min(run);
             let b = if x0 >= sw as isize { a } else { ((sw as isize - x0) as usize).div_ceil(sx).clamp(a, run) };
-            let row_src = &src[(z as usize * sh + y as usize) * sw..][..sw];
             piece[..a].fill(T::zero());
+            piece[b..].fill(T::zero());
+            if a == b {
+                continue;
+            }
+            let row_src = &src[(z as usize * sh + y as usize) * sw..][..sw];
             let first = (x0 + (a * sx) as isize) as usize;
             if sx == 1 {
                 piece[a..b].copy_from_slice(&row_src[first..][..b - a]);
@@ -277,7 +282,6 @@ impl Plane {
                     *d = row_src[first + i * sx];
                 }
             }
-            piece[b..].fill(T::zero());
         }
     }
 }
@@ -837,7 +841,7 @@ mod tests {
     /// (input, weight, padding, dilation, groups, stride)
     type Case = (&'static [usize], &'static [usize], usize, usize, usize, usize);
 
-    const CASES: [Case; 20] = [
+    const CASES: [Case; 21] = [
         (&[2, 3, 12, 11], &[6, 3, 5, 5], 0, 1, 1, 1),
         (&[3, 6, 14, 14], &[16, 6, 5, 5], 2, 1, 1, 1),
         (&[1, 4, 9, 13], &[6, 2, 3, 3], 1, 2, 2, 1),
@@ -862,6 +866,9 @@ mod tests {
         (&[2, 6, 14, 14], &[16, 6, 5, 5], 0, 1, 1, 1),
         (&[1, 2, 3, 4], &[3, 2, 2, 2], 3, 2, 1, 1),
         (&[1, 2, 3, 4, 5], &[2, 2, 2, 3, 2], 3, 1, 1, 1),
+        // Many channels leave one task a few rows, and its source ends inside a row's left
+        // padding (this panicked: a slice from column -1).
+        (&[1, 128, 29, 29], &[4, 128, 7, 7], 3, 1, 1, 1),
     ];
 
     /// The direct kernels against im2col (which the other tests check against the definition),
