@@ -49,6 +49,29 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Stops the computation in progress with `err`, from anywhere inside it.
+///
+/// Kernels run deep inside parallel calls whose items return nothing, so a failure found there
+/// (a scratch buffer that cannot be allocated) cannot travel back as a `Result`. It unwinds
+/// instead, with `err` as the payload: `resume_unwind` skips the panic hook (nothing is
+/// printed), the parallel pool carries the payload from a helper thread to the caller, and the
+/// public entry point turns it back into `Err(err)` with `catch`.
+pub(crate) fn raise(err: Error) -> ! {
+    std::panic::resume_unwind(Box::new(err))
+}
+
+/// Runs `f`, turning an `Error` raised inside it (`raise`) into `Err`. Any other panic keeps
+/// unwinding: it is a bug, not a user's mistake.
+pub(crate) fn catch<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(payload) => match payload.downcast::<Error>() {
+            Ok(err) => Err(*err),
+            Err(other) => std::panic::resume_unwind(other),
+        },
+    }
+}
+
 /// Formats a shape the way NumPy prints it: `(2, 3)`, `(5,)`, `()`.
 pub(crate) fn shape_str(shape: &[usize]) -> String {
     match shape {
@@ -82,6 +105,15 @@ pub(crate) fn check_grad_output(shape: &[usize], expected: &[usize], input: &[us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raised_errors_are_caught_and_other_panics_pass() {
+        let err = catch::<()>(|| raise(Error::alloc("scratch", "too large"))).unwrap_err();
+        assert_eq!(err.arg(), "scratch");
+        assert_eq!(catch(|| Ok(3)), Ok(3));
+        let other = std::panic::catch_unwind(|| catch::<()>(|| std::panic::resume_unwind(Box::new(7u8))));
+        assert_eq!(other.unwrap_err().downcast::<u8>().ok().map(|b| *b), Some(7));
+    }
 
     #[test]
     fn shapes_print_like_numpy() {

@@ -245,7 +245,9 @@ struct Call {
     seats: AtomicUsize,
     /// Helpers inside the body.
     active: AtomicUsize,
-    panicked: AtomicBool,
+    /// The payload of the first helper's panic (an `Error` from `error::raise`, or a bug),
+    /// unwound again on the caller once the call is closed.
+    panic: Mutex<Option<Box<dyn std::any::Any + Send>>>,
 }
 
 impl Call {
@@ -265,8 +267,8 @@ impl Call {
     fn run_as_helper(&self) {
         if let Some(body) = self.enter() {
             let _in_call = InCall::enter();
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).is_err() {
-                self.panicked.store(true, Ordering::Relaxed);
+            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+                self.panic.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(payload);
             }
             self.leave();
         }
@@ -334,7 +336,7 @@ fn share<F: Fn() + Sync>(helpers: usize, body: F) {
         body: Mutex::new(Some(erased)),
         seats: AtomicUsize::new(helpers),
         active: AtomicUsize::new(0),
-        panicked: AtomicBool::new(false),
+        panic: Mutex::new(None),
     });
     {
         // From here on, leaving this block (also by a panic) closes the call and waits for
@@ -346,8 +348,9 @@ fn share<F: Fn() + Sync>(helpers: usize, body: F) {
         let _in_call = InCall::enter();
         body();
     }
-    if call.panicked.load(Ordering::Relaxed) {
-        panic!("a parallel task panicked");
+    let payload = call.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(payload) = payload {
+        std::panic::resume_unwind(payload);
     }
 }
 
@@ -386,6 +389,9 @@ where
     let grain = grain(items, work, helpers + 1);
     let next = AtomicUsize::new(0);
     share(helpers, || {
+        // A thread that unwinds out of an item (an error raised, or a bug) takes the remaining
+        // items away, so the others stop after their current item instead of finishing the call.
+        let _stop = StopOnUnwind(&next, items);
         let mut scratch = None;
         loop {
             let first = next.fetch_add(grain, Ordering::Relaxed);
@@ -396,6 +402,17 @@ where
             (first..(first + grain).min(items)).for_each(|i| f(scratch, i));
         }
     });
+}
+
+/// Moves a shared item counter past the last item when dropped during unwinding.
+struct StopOnUnwind<'a>(&'a AtomicUsize, usize);
+
+impl Drop for StopOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(self.1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Work (in element operations) worth one trip to the shared item counter. Items are taken in
@@ -506,6 +523,25 @@ mod tests {
                 });
             }
         });
+    }
+
+    #[test]
+    fn an_error_raised_by_any_thread_reaches_the_caller_as_err() {
+        for failing in [0, 5, 15] {
+            let done = AtomicUsize::new(0);
+            let result = crate::error::catch(|| {
+                for_each(16, INLINE_WORK * 4, |i| {
+                    if i == failing {
+                        crate::error::raise(Error::alloc("scratch", format!("item {i}")));
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                });
+                Ok(())
+            });
+            let err = result.unwrap_err();
+            assert_eq!((err.arg(), err.to_string()), ("scratch", format!("item {failing}")));
+            assert!(done.load(Ordering::Relaxed) < 16);
+        }
     }
 
     #[test]

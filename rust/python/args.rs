@@ -139,10 +139,11 @@ pub(crate) fn output_size(obj: &Bound<'_, PyAny>, dims: usize) -> PyResult<Vec<O
     Ok(vec![Some(one_int(obj, "output_size", 1)?); dims])
 }
 
-/// Runs `f` with the GIL released. A panic (a bug in rconv, never a user error) becomes a
-/// RuntimeError instead of tearing down the interpreter.
+/// Runs `f` with the GIL released. An error raised inside the computation (`error::raise`)
+/// becomes its exception; a panic (a bug in rconv, never a user error) becomes a RuntimeError
+/// instead of tearing down the interpreter.
 pub(crate) fn compute<R: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
-    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+    match py.detach(|| catch_unwind(AssertUnwindSafe(|| crate::error::catch(f)))) {
         Ok(result) => Ok(result?),
         Err(panic) => {
             let what = panic
