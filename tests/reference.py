@@ -112,6 +112,59 @@ def conv(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, padding_mode="
     return out[0] if unbatched else out
 
 
+def conv_backward(dy, x, w, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """(grad_input, grad_weight, grad_bias) of conv(x, w, b) for the output gradient dy, float64.
+
+    Batched x (N, C, *spatial) only. The sums follow the definition: the weight gradient is
+    the correlation of the padded input (its zeros included) with dy; the input gradient adds,
+    for every kernel offset, dy times that weight into the positions of the padded input the
+    offset read, then keeps the positions that are the input (zeros mode) or folds the padded
+    copies back onto the positions they copied (reflect / replicate / circular).
+    """
+    w = np.asarray(w, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    dy = np.asarray(dy, dtype=np.float64)
+    nd = w.ndim - 2
+    n, c = x.shape[:2]
+    spatial = x.shape[2:]
+    k_out, kernel = w.shape[0], w.shape[2:]
+    stride, dilation = ntuple(stride, nd), ntuple(dilation, nd)
+    pads = conv_pads(spatial, kernel, stride, dilation, padding)
+    pad_width = [(0, 0), (0, 0)] + list(pads)
+    xp = np.pad(x, pad_width, mode=_NP_PAD_MODE[padding_mode])
+    out_size = dy.shape[2:]
+    g = groups
+    cg, kg = c // g, k_out // g
+    xg = xp.reshape((n, g, cg) + xp.shape[2:])
+    dyg = dy.reshape((n, g, kg) + out_size)
+    wg = w.reshape((g, kg, cg) + tuple(kernel))
+    gxp = np.zeros_like(xg)
+    gw = np.zeros_like(wg)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for offs in itertools.product(*(range(k) for k in kernel)):
+            window = tuple(
+                slice(o * d, o * d + s * (m - 1) + 1, s)
+                for o, d, s, m in zip(offs, dilation, stride, out_size)
+            )
+            gxp[(Ellipsis,) + window] += np.einsum("ngk...,gkc->ngc...", dyg, wg[(Ellipsis,) + offs])
+            patch = xg[(Ellipsis,) + window].reshape(n, g, cg, -1)
+            gw[(Ellipsis,) + offs] = np.einsum("ngcp,ngkp->gkc", patch, dyg.reshape(n, g, kg, -1))
+        # Which input position each padded position copies (-1: a zero of the padding).
+        index = np.arange(math.prod(spatial)).reshape(spatial)
+        if padding_mode == "zeros":
+            index = np.pad(index, pads, mode="constant", constant_values=-1)
+        else:
+            index = np.pad(index, pads, mode=_NP_PAD_MODE[padding_mode])
+        index = index.reshape(-1)
+        kept = index >= 0
+        gx = np.zeros((n * c, math.prod(spatial)))
+        flat = gxp.reshape(n * c, -1)
+        for row in range(n * c):
+            np.add.at(gx[row], index[kept], flat[row, kept])
+    grad_bias = dy.sum(axis=(0,) + tuple(range(2, dy.ndim)))
+    return gx.reshape(x.shape), gw.reshape(w.shape), grad_bias
+
+
 # ----------------------------------------------------------------------------------------------
 # pooling
 

@@ -1,5 +1,7 @@
 //! Convolution in 1, 2 and 3 spatial dimensions: one public entry point per direction, with the
-//! kernel strategy chosen inside (`Strategy::choose`).
+//! kernel strategy chosen inside (`Strategy::choose`, or the one a test forces with
+//! `Strategy::force`). A strategy that would misplace an inf or NaN of its operands hands the
+//! call to im2col (`Strategy::exact_for`).
 
 mod depthwise;
 mod direct;
@@ -9,19 +11,52 @@ pub(crate) mod pad;
 #[cfg(test)]
 mod testutil;
 
+/// What a kernel computes: the forward convolution or one of its two gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    /// The gradient of the input.
+    Input,
+    /// The gradient of the weight.
+    Weight,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 3] = [Direction::Forward, Direction::Input, Direction::Weight];
+
+    /// `"forward"`, `"input"` or `"weight"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Input => "input",
+            Direction::Weight => "weight",
+        }
+    }
+}
+
+impl std::str::FromStr for Direction {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Direction> {
+        Direction::ALL.into_iter().find(|d| d.name() == s).ok_or_else(|| {
+            Error::invalid("direction", format!("direction must be 'forward', 'input' or 'weight', got {s:?}"))
+        })
+    }
+}
+
 /// How a convolution is computed. Every strategy computes the same function; `choose` picks
-/// the fastest one that applies, from the geometry alone (never from the thread count).
+/// the fastest one that serves a geometry, from the geometry alone (never from the thread count).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Strategy {
-    /// GEMM over im2col tiles; serves every geometry.
+    /// GEMM over im2col tiles; serves every geometry and direction.
     Im2col,
     /// Direct loops for one input channel per group (depthwise, any channel multiplier).
     Depthwise,
-    /// Winograd F(4x4, 3x3) for 2-D 3x3 stride-1 convolutions with one group (the weight
-    /// gradient by the direct loops, or im2col on CPUs without AVX2).
+    /// Winograd F(4x4, 3x3) for 2-D 3x3 stride-1 convolutions with one group: the forward and
+    /// the input gradient.
     Winograd,
-    /// Register-blocked direct loops on CPUs with AVX2 or AVX-512 (the input gradient of a
-    /// strided convolution, and weight gradients with many channels, by im2col).
+    /// Register-blocked direct loops on CPUs with AVX2 or AVX-512: the forward, the input
+    /// gradient at stride 1, and weight gradients whose working set fits the caches.
     Direct,
 }
 
@@ -36,9 +71,52 @@ const DEPTHWISE_MAX_MULTIPLIER: usize = 4;
 /// float32 error (see winograd.rs).
 const WINOGRAD_MIN_CHANNELS: usize = 16;
 
+/// The strategy forced for each direction (`Direction as usize`): 0 for the automatic choice,
+/// else 1 + the index in `Strategy::ALL`. A switch for tests and benchmarks, global to the
+/// process.
+static FORCED: [AtomicU8; 3] = [AtomicU8::new(0), AtomicU8::new(0), AtomicU8::new(0)];
+
 impl Strategy {
-    /// The strategy for a zero-padded convolution of geometry `geo`.
-    pub fn choose(geo: &ConvGeometry) -> Strategy {
+    pub const ALL: [Strategy; 4] = [Strategy::Im2col, Strategy::Depthwise, Strategy::Winograd, Strategy::Direct];
+
+    /// `"im2col"`, `"depthwise"`, `"winograd"` or `"direct"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Im2col => "im2col",
+            Strategy::Depthwise => "depthwise",
+            Strategy::Winograd => "winograd",
+            Strategy::Direct => "direct",
+        }
+    }
+
+    /// Whether this strategy can compute `dir` for the zero-padded geometry `geo` on this CPU.
+    pub fn serves(self, geo: &ConvGeometry, dir: Direction) -> bool {
+        match (self, dir) {
+            (Strategy::Im2col, _) => true,
+            (Strategy::Depthwise, _) => depthwise::applies(geo),
+            (Strategy::Winograd, Direction::Forward | Direction::Input) => winograd::applies(geo),
+            // Winograd's transforms do not pay for the weight gradient.
+            (Strategy::Winograd, Direction::Weight) => false,
+            (Strategy::Direct, Direction::Forward) => direct::fits(geo),
+            (Strategy::Direct, Direction::Input) => direct::input_gradient_applies(geo),
+            (Strategy::Direct, Direction::Weight) => direct::weight_gradient_applies(geo),
+        }
+    }
+
+    /// The automatic choice for `dir` of the zero-padded geometry `geo`.
+    pub fn choose(geo: &ConvGeometry, dir: Direction) -> Strategy {
+        let preferred = Strategy::preferred(geo);
+        match (preferred, dir) {
+            // The direct loops do Winograd layers' weight gradients in 0.66x of im2col's time
+            // (res_3x3_64, one thread).
+            (Strategy::Winograd, Direction::Weight) if Strategy::Direct.serves(geo, dir) => Strategy::Direct,
+            (s, _) if s.serves(geo, dir) => s,
+            _ => Strategy::Im2col,
+        }
+    }
+
+    /// The fastest strategy for `geo` as a whole; `choose` falls back from it per direction.
+    fn preferred(geo: &ConvGeometry) -> Strategy {
         // Depthwise: as GEMM it is a matrix-vector product per channel, dominated by building
         // im2col; the direct loops win whenever each group has one input channel and few
         // outputs (with many outputs per input channel the GEMM reuses each im2col tile).
@@ -58,63 +136,120 @@ impl Strategy {
         Strategy::Im2col
     }
 
+    /// The strategy forced for `dir` (`force`), if any.
+    pub fn forced(dir: Direction) -> Option<Strategy> {
+        let code = FORCED[dir as usize].load(Ordering::Relaxed) as usize;
+        code.checked_sub(1).map(|i| Strategy::ALL[i])
+    }
+
+    /// Makes every later convolution compute `dir` with `strategy` (None: the automatic
+    /// choice), in every thread. A call whose geometry the forced strategy does not serve fails
+    /// with an error naming `strategy`. For tests that run every strategy on every geometry.
+    pub fn force(dir: Direction, strategy: Option<Strategy>) {
+        let code = strategy.map_or(0, |s| 1 + Strategy::ALL.iter().position(|&a| a == s).expect("in ALL"));
+        FORCED[dir as usize].store(code as u8, Ordering::Relaxed);
+    }
+
+    /// The forced strategy for `dir` if one is set (an error if it does not serve `geo`), else
+    /// the automatic choice.
+    fn select(geo: &ConvGeometry, dir: Direction) -> Result<Strategy> {
+        match Strategy::forced(dir) {
+            None => Ok(Strategy::choose(geo, dir)),
+            Some(s) if s.serves(geo, dir) => Ok(s),
+            Some(s) => Err(Error::invalid(
+                "strategy",
+                format!(
+                    "the forced {} strategy {} does not serve input {} with weight {}",
+                    dir.name(),
+                    s.name(),
+                    shape_str(&geo.input_shape()),
+                    shape_str(&geo.weight_shape())
+                ),
+            )),
+        }
+    }
+
+    /// Which of the two operands of `dir` (forward: input, weight; input gradient: grad_output,
+    /// weight; weight gradient: input, grad_output) this strategy's arithmetic can misplace an
+    /// inf or NaN of. The definition is the plain sum over the kernel taps, the zero padding
+    /// included for the forward and the weight gradient (`w * 0` is NaN for an infinite `w`),
+    /// and over the products that exist for the input gradient (a tap that reads padding adds
+    /// nothing to any input). Winograd's transforms mix all the elements of a tile; the direct
+    /// loops skip taps on padded rows (forward), multiply the weights by the zeros around the
+    /// output gradient (input gradient), and multiply the inputs by discarded wide positions
+    /// (weight gradient); the depthwise loops never read the padding.
+    fn misplaces_non_finite(self, dir: Direction) -> (bool, bool) {
+        match (self, dir) {
+            (Strategy::Im2col, _) => (false, false),
+            (Strategy::Winograd, _) => (true, true),
+            (Strategy::Direct, Direction::Forward | Direction::Input) => (false, true),
+            (Strategy::Direct, Direction::Weight) => (true, false),
+            (Strategy::Depthwise, Direction::Forward) => (false, true),
+            (Strategy::Depthwise, Direction::Input) => (false, false),
+            (Strategy::Depthwise, Direction::Weight) => (false, true),
+        }
+    }
+
+    /// This strategy, or im2col (whose sums are the plain ones) when `a` or `b`, the operands
+    /// of `dir` as `misplaces_non_finite` orders them, hold a value it would misplace. Only
+    /// the operands that matter are scanned: a read of each, against the many passes of the
+    /// convolution itself.
+    fn exact_for<T: Real>(self, dir: Direction, a: &[T], b: &[T]) -> Strategy {
+        let (check_a, check_b) = self.misplaces_non_finite(dir);
+        if (check_a && !all_finite(a)) || (check_b && !all_finite(b)) {
+            Strategy::Im2col
+        } else {
+            self
+        }
+    }
+
     fn forward<T: Real>(self, x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeometry, out: &mut [T]) {
-        match self {
+        match self.exact_for(Direction::Forward, x, w) {
             Strategy::Im2col => im2col::forward(x, w, bias, geo, out),
             Strategy::Depthwise => depthwise::forward(x, w, bias, geo, out),
-            Strategy::Winograd => {
-                winograd::forward(x, w, bias, geo, out);
-                if !all_finite(out) {
-                    out.fill(T::zero());
-                    im2col::forward(x, w, bias, geo, out);
-                }
-            }
+            Strategy::Winograd => winograd::forward(x, w, bias, geo, out),
             Strategy::Direct => direct::forward(x, w, bias, geo, out),
         }
     }
 
     fn backward_input<T: Real>(self, dy: &[T], w: &[T], geo: &ConvGeometry, dx: &mut [T]) {
-        match self {
+        match self.exact_for(Direction::Input, dy, w) {
             Strategy::Im2col => im2col::backward_input(dy, w, geo, dx),
             Strategy::Depthwise => depthwise::backward_input(dy, w, geo, dx),
-            Strategy::Winograd => {
-                winograd::backward_input(dy, w, geo, dx);
-                if !all_finite(dx) {
-                    dx.fill(T::zero());
-                    im2col::backward_input(dy, w, geo, dx);
-                }
-            }
-            Strategy::Direct if direct::input_gradient_applies(geo) => direct::backward_input(dy, w, geo, dx),
-            Strategy::Direct => im2col::backward_input(dy, w, geo, dx),
+            Strategy::Winograd => winograd::backward_input(dy, w, geo, dx),
+            Strategy::Direct => direct::backward_input(dy, w, geo, dx),
         }
     }
 
     fn backward_weight<T: Real>(self, x: &[T], dy: &[T], geo: &ConvGeometry, dw: &mut [T]) {
-        match self {
+        match self.exact_for(Direction::Weight, x, dy) {
             Strategy::Im2col => im2col::backward_weight(x, dy, geo, dw),
             Strategy::Depthwise => depthwise::backward_weight(x, dy, geo, dw),
-            // Winograd's transforms do not pay for the weight gradient; the direct loops do it
-            // in 0.66x of im2col's time (res_3x3_64, one thread).
-            Strategy::Winograd | Strategy::Direct if direct::weight_gradient_applies(geo) => {
-                direct::backward_weight(x, dy, geo, dw);
-                if !all_finite(dw) {
-                    dw.fill(T::zero());
-                    im2col::backward_weight(x, dy, geo, dw);
-                }
-            }
-            Strategy::Winograd | Strategy::Direct => im2col::backward_weight(x, dy, geo, dw),
+            Strategy::Direct => direct::backward_weight(x, dy, geo, dw),
+            Strategy::Winograd => unreachable!("Winograd does not serve the weight gradient"),
         }
     }
 }
 
-/// Whether every element of `v` is finite.
-///
-/// Winograd's transforms mix all the elements of a tile, and the direct weight gradient also
-/// multiplies discarded wide-grid positions (zero gradient) by the inputs they read, so an
-/// infinite or NaN input can make them give NaN where the plain sum gives a finite value or
-/// +-inf. A finite input always gives them a finite result (short of overflow), so a
-/// non-finite result means the layer is recomputed with im2col, whose sums are the plain
-/// ones. The scan costs a read of the result (about 4% of res_3x3_64's forward).
+impl std::str::FromStr for Strategy {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Strategy> {
+        Strategy::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            Error::invalid("strategy", format!("strategy must be 'im2col', 'depthwise', 'winograd' or 'direct', got {s:?}"))
+        })
+    }
+}
+
+/// The strategies that serve each direction of a convolution of `input_shape` by `weight_shape`
+/// (after any non-zero padding mode is applied to the input, as the calls do).
+pub fn strategies(input_shape: &[usize], weight_shape: &[usize], params: &ConvParams) -> Result<Vec<(Direction, Vec<Strategy>)>> {
+    let geo = params.geometry(input_shape, weight_shape)?;
+    let geo = if params.padding_mode != PaddingMode::Zeros && geo.has_padding() { geo.with_padding_applied() } else { geo };
+    Ok(Direction::ALL.into_iter().map(|d| (d, Strategy::ALL.into_iter().filter(|s| s.serves(&geo, d)).collect())).collect())
+}
+
+/// Whether every element of `v` is finite (a parallel read of `v`).
 fn all_finite<T: Real>(v: &[T]) -> bool {
     const CHUNK: usize = 1 << 14;
     let bad = std::sync::atomic::AtomicBool::new(false);
@@ -140,6 +275,7 @@ fn all_finite<T: Real>(v: &[T]) -> bool {
 }
 
 use crate::element::{standard, zeros, Real};
+use std::sync::atomic::{AtomicU8, Ordering};
 use crate::error::{check_grad_output, shape_str, Error, Result};
 use crate::params::{ConvGeometry, ConvParams, PaddingMode};
 use ndarray::{ArrayD, ArrayViewD};
@@ -170,15 +306,16 @@ pub fn conv_forward<T: Real>(
     let w = weight.as_slice().expect("standard layout");
     let dst = out.as_slice_mut().expect("fresh array");
     // Every kernel splits its own work (parallel::for_each*), and small calls stay on this thread.
-    {
+    crate::error::catch(|| {
         if params.padding_mode != PaddingMode::Zeros && geo.has_padding() {
             let padded = pad::pad_input(x, &geo, params.padding_mode)?;
             let geo = geo.with_padding_applied();
-            Strategy::choose(&geo).forward(&padded, w, bias.as_deref(), &geo, dst);
+            Strategy::select(&geo, Direction::Forward)?.forward(&padded, w, bias.as_deref(), &geo, dst);
         } else {
-            Strategy::choose(&geo).forward(x, w, bias.as_deref(), &geo, dst);
+            Strategy::select(&geo, Direction::Forward)?.forward(x, w, bias.as_deref(), &geo, dst);
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -213,17 +350,18 @@ pub fn conv_backward_input<T: Real>(
     let (dy, w) = (dy.as_slice().expect("standard layout"), w.as_slice().expect("standard layout"));
     let dx = grad_input.as_slice_mut().expect("fresh array");
     // Every kernel splits its own work (parallel::for_each*), and small calls stay on this thread.
-    {
+    crate::error::catch(|| {
         if params.padding_mode != PaddingMode::Zeros && geo.has_padding() {
             let padded = geo.with_padding_applied();
             let len = crate::element::checked_len::<T>(&padded.input_shape(), "padded grad_input")?;
             let mut dxp = crate::element::zeros_vec::<T>(len, "padded grad_input")?;
-            Strategy::choose(&padded).backward_input(dy, w, &padded, &mut dxp);
+            Strategy::select(&padded, Direction::Input)?.backward_input(dy, w, &padded, &mut dxp);
             pad::fold_padding(&dxp, &geo, params.padding_mode, dx);
         } else {
-            Strategy::choose(&geo).backward_input(dy, w, &geo, dx);
+            Strategy::select(&geo, Direction::Input)?.backward_input(dy, w, &geo, dx);
         }
-    }
+        Ok(())
+    })?;
     Ok(grad_input)
 }
 
@@ -248,16 +386,17 @@ pub fn conv_backward_weight<T: Real>(
     let dw = grad_weight.as_slice_mut().expect("fresh array");
     let db = grad_bias.as_slice_mut().expect("fresh array");
     // Every kernel splits its own work (parallel::for_each*), and small calls stay on this thread.
-    {
+    crate::error::catch(|| {
         if params.padding_mode != PaddingMode::Zeros && geo.has_padding() {
             let padded = pad::pad_input(x, &geo, params.padding_mode)?;
             let geo = geo.with_padding_applied();
-            Strategy::choose(&geo).backward_weight(&padded, dy, &geo, dw);
+            Strategy::select(&geo, Direction::Weight)?.backward_weight(&padded, dy, &geo, dw);
         } else {
-            Strategy::choose(&geo).backward_weight(x, dy, &geo, dw);
+            Strategy::select(&geo, Direction::Weight)?.backward_weight(x, dy, &geo, dw);
         }
         im2col::backward_bias(dy, &geo, db);
-    }
+        Ok(())
+    })?;
     Ok((grad_weight, grad_bias))
 }
 
@@ -410,9 +549,9 @@ mod tests {
         if !direct::available() {
             return;
         }
-        assert_eq!(Strategy::choose(&geometry(&[2, 64, 1000], &[64, 64, 3])), Strategy::Direct);
+        assert_eq!(Strategy::choose(&geometry(&[2, 64, 1000], &[64, 64, 3]), Direction::Forward), Strategy::Direct);
         // One row of 64 channels x 10^6 samples would be 256 MB per task: im2col's tiles instead.
-        assert_eq!(Strategy::choose(&geometry(&[1, 64, 1_000_000], &[64, 64, 3])), Strategy::Im2col);
+        assert_eq!(Strategy::choose(&geometry(&[1, 64, 1_000_000], &[64, 64, 3]), Direction::Forward), Strategy::Im2col);
     }
 
     #[test]

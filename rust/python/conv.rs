@@ -2,12 +2,12 @@
 
 use super::args::{dispatch, expect_kind, ints, kind_of, padding, readonly, compute, PyReal};
 use super::{add_batch, batch_grad, drop_batch};
-use crate::conv::{conv_backward, conv_backward_weight, conv_forward};
+use crate::conv::{conv_backward, conv_backward_weight, conv_forward, Direction, Strategy};
 use crate::params::{ConvParams, PaddingMode};
 use numpy::IntoPyArray;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 
 #[allow(clippy::too_many_arguments)]
 fn conv_params(
@@ -172,7 +172,44 @@ conv_backward_fn!(conv1d_backward, 1);
 conv_backward_fn!(conv2d_backward, 2);
 conv_backward_fn!(conv3d_backward, 3);
 
+/// Makes every later convolution compute `direction` ('forward', 'input', 'weight') with
+/// `strategy` ('im2col', 'depthwise', 'winograd', 'direct'; None: the automatic choice), in
+/// every thread. A call the forced strategy does not serve raises ValueError. For tests.
+#[pyfunction]
+fn _force_conv_strategy(direction: &str, strategy: Option<&str>) -> PyResult<()> {
+    let dir = direction.parse::<Direction>()?;
+    let strategy = strategy.map(str::parse::<Strategy>).transpose()?;
+    Strategy::force(dir, strategy);
+    Ok(())
+}
+
+/// `{direction: [strategy, ...]}`: the strategies that serve each direction of a convolution
+/// of `input_shape` (batched) by `weight_shape` with these arguments, on this CPU.
+#[pyfunction]
+#[pyo3(signature = (input_shape, weight_shape, stride=None, padding=None, dilation=None, groups=1, padding_mode="zeros"))]
+#[allow(clippy::too_many_arguments)]
+fn _conv_strategies<'py>(
+    py: Python<'py>,
+    input_shape: Vec<usize>,
+    weight_shape: Vec<usize>,
+    stride: Option<&Bound<'py, PyAny>>,
+    padding: Option<&Bound<'py, PyAny>>,
+    dilation: Option<&Bound<'py, PyAny>>,
+    groups: i64,
+    padding_mode: &str,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dims = weight_shape.len().saturating_sub(2);
+    let params = conv_params(dims, stride, padding, dilation, groups, padding_mode)?;
+    let out = PyDict::new(py);
+    for (dir, strategies) in crate::conv::strategies(&input_shape, &weight_shape, &params)? {
+        out.set_item(dir.name(), strategies.iter().map(|s| s.name()).collect::<Vec<_>>())?;
+    }
+    Ok(out)
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(_force_conv_strategy, m)?)?;
+    m.add_function(wrap_pyfunction!(_conv_strategies, m)?)?;
     m.add_function(wrap_pyfunction!(conv1d, m)?)?;
     m.add_function(wrap_pyfunction!(conv2d, m)?)?;
     m.add_function(wrap_pyfunction!(conv3d, m)?)?;
