@@ -224,12 +224,7 @@ pub(crate) const HUGE_PAGE_MIN_BYTES: usize = 4 << 20;
 /// parallel), and on Linux large buffers are advised to use huge pages (one fault per 2 MiB
 /// instead of per 4 KiB: 6.5 ms instead of 44 ms to touch 103 MB, measured here).
 pub(crate) fn zeros_vec<T: 'static + Clone + Default>(len: usize, what: &'static str) -> Result<Vec<T>> {
-    let too_big = || {
-        Error::alloc(
-            what,
-            format!("cannot allocate {what}: {len} elements of {} bytes", std::mem::size_of::<T>()),
-        )
-    };
+    let too_big = || alloc_error::<T>(what, len);
     // calloc's zero bytes are the value zero only for these types; any other type takes the
     // plain path.
     let zero_bits_ok = [TypeId::of::<f32>(), TypeId::of::<f64>(), TypeId::of::<i64>(), TypeId::of::<i32>()]
@@ -277,6 +272,53 @@ fn advise_huge_pages(ptr: *mut u8, bytes: usize) {
 
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_ptr: *mut u8, _bytes: usize) {}
+
+/// The `Alloc` error for a buffer of `len` elements of `T`.
+fn alloc_error<T>(what: &'static str, len: usize) -> Error {
+    Error::alloc(what, format!("cannot allocate {what}: {len} elements of {} bytes", std::mem::size_of::<T>()))
+}
+
+// Kernels run inside parallel calls whose items return nothing, so the buffers they allocate
+// there (scratch, packed operands, partial sums) cannot return an error. These allocate with
+// `try_reserve` and, when memory runs out, unwind with the `Alloc` error (`error::raise`),
+// which the pool carries to the calling thread and the public entry point returns as `Err`:
+// a MemoryError in Python, where an infallible `vec!` would abort the process.
+
+/// `zeros_vec` inside a kernel: raises `Alloc` instead of returning it.
+pub(crate) fn scratch<T: 'static + Clone + Default>(len: usize, what: &'static str) -> Vec<T> {
+    zeros_vec(len, what).unwrap_or_else(|e| crate::error::raise(e))
+}
+
+/// `vec![value; len]` inside a kernel: raises `Alloc` instead of aborting.
+pub(crate) fn filled<T: Clone>(len: usize, value: T, what: &'static str) -> Vec<T> {
+    let mut v = Vec::new();
+    resize(&mut v, len, value, what);
+    v
+}
+
+/// An empty vector with room for `len` elements, inside a kernel: raises `Alloc` instead of
+/// aborting.
+pub(crate) fn with_capacity<T>(len: usize, what: &'static str) -> Vec<T> {
+    let mut v = Vec::new();
+    if v.try_reserve_exact(len).is_err() {
+        crate::error::raise(alloc_error::<T>(what, len));
+    }
+    v
+}
+
+/// `v.reserve(additional)` inside a kernel: raises `Alloc` instead of aborting.
+pub(crate) fn reserve<T>(v: &mut Vec<T>, additional: usize, what: &'static str) {
+    if v.try_reserve(additional).is_err() {
+        crate::error::raise(alloc_error::<T>(what, v.len().saturating_add(additional)));
+    }
+}
+
+/// `v.resize(len, value)` for a kernel's reused scratch buffer: raises `Alloc` instead of
+/// aborting.
+pub(crate) fn resize<T: Clone>(v: &mut Vec<T>, len: usize, value: T, what: &'static str) {
+    reserve(v, len.saturating_sub(v.len()), what);
+    v.resize(len, value);
+}
 
 /// A zero-filled array of `shape`, allocated fallibly.
 pub(crate) fn zeros<T: Real>(shape: &[usize], what: &'static str) -> Result<ArrayD<T>> {

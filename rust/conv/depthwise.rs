@@ -18,7 +18,7 @@
 //! over (sample, channel, block of rows); the gradient of the weight over output channels, each
 //! summing its samples and positions in a fixed order.
 
-use crate::element::Real;
+use crate::element::{filled, scratch, with_capacity, Real};
 use crate::parallel;
 use crate::params::ConvGeometry;
 
@@ -142,7 +142,8 @@ pub(crate) fn backward_input<T: Real>(dy: &[T], w: &[T], geo: &ConvGeometry, dx:
             let (n, c) = (nc / geo.c_in, nc % geo.c_in);
             // The kg output channels of this input channel: consecutive planes of dy.
             let src = &dy[(n * geo.c_out + c * kg) * out_len..][..kg * out_len];
-            let flipped: Vec<T> = (0..kg * kvol).map(|i| w[c * kg * kvol + (i / kvol) * kvol + kvol - 1 - i % kvol]).collect();
+            let mut flipped = with_capacity(kg * kvol, "depthwise flipped weights");
+            flipped.extend((0..kg * kvol).map(|i| w[c * kg * kvol + (i / kvol) * kvol + kvol - 1 - i % kvol]));
             parallel::for_each_chunk(plane, per * width, in_len * kg * kvol, |b, rows| {
                 corr_rows(simd, &corr, src, out_len, kg, &flipped, T::zero(), b * per, rows);
             });
@@ -175,9 +176,9 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
     let total = dy.len() * kvol;
     parallel::for_each_chunk(dw, kvol, total, |k, dwk| {
         let c = k / kg;
-        let mut lanes = vec![[T::zero(); LANES]; kvol];
-        let mut tails = vec![T::zero(); kvol];
-        let mut total = vec![T::zero(); kvol];
+        let mut lanes = filled(kvol, [T::zero(); LANES], "depthwise weight lanes");
+        let mut tails = scratch(kvol, "depthwise weight tails");
+        let mut total = scratch(kvol, "depthwise weight sums");
         for n in 0..geo.n {
             let src = &x[(n * geo.c_in + c) * in_len..][..in_len];
             let g = &dy[(n * geo.c_out + k) * out_len..][..out_len];
@@ -256,7 +257,7 @@ fn corr_rows_impl<T: Real, const SX: usize, const KW: usize>(
     let [_, oh, ow] = corr.dst;
     let [oz0, oy0, _] = corr.origin;
     let (xlo, xhi) = Row::<T, SX, KW>::new(corr, &[], src, w, init).interior(ow);
-    let mut taps: Vec<(usize, usize)> = Vec::with_capacity(pairs * kd * kh);
+    let mut taps: Vec<(usize, usize)> = with_capacity(pairs * kd * kh, "depthwise taps");
     for (r, out_row) in dst.chunks_exact_mut(ow).enumerate() {
         let (oz, oy) = ((row0 + r) / oh, (row0 + r) % oh);
         // (start of the source row, offset of its kernel row in `w`) for each tap row that

@@ -32,7 +32,7 @@
 //! added in chunk order; within a chunk it runs in vector lanes, so its rounding differs between
 //! instruction sets, not between thread counts.
 
-use crate::element::{Real, SendPtr};
+use crate::element::{filled, reserve, resize, scratch, with_capacity, Real, SendPtr};
 use crate::params::ConvGeometry;
 use crate::parallel;
 use crate::simd::{Isa, Vector};
@@ -153,7 +153,7 @@ impl Plane {
         let [_, ph, pw] = self.padded;
         let [kd, kh, kw] = self.kernel;
         let (s, d) = (self.stride, self.dilation);
-        let mut taps = Vec::with_capacity(kd * kh * kw);
+        let mut taps = with_capacity(kd * kh * kw, "direct taps");
         for z in 0..kd {
             for y in 0..kh {
                 for x in 0..kw {
@@ -169,6 +169,7 @@ impl Plane {
     /// The offsets of `taps` into one channel's phases laid out `phase_len` apart, into `offs`.
     fn offsets(taps: &[(usize, usize)], phase_len: usize, offs: &mut Vec<usize>) {
         offs.clear();
+        reserve(offs, taps.len(), "direct tap offsets");
         offs.extend(taps.iter().map(|&(phase, off)| phase * phase_len + off));
     }
 
@@ -201,14 +202,14 @@ impl Plane {
     fn row_taps(&self, r: usize) -> Vec<bool> {
         let [kd, kh, kw] = self.kernel;
         if self.stride != [1; 3] {
-            return vec![true; kd * kh * kw];
+            return filled(kd * kh * kw, true, "direct row taps");
         }
         let (z, y) = (r / self.out[1], r % self.out[1]);
         let inside = |d: usize, at: usize, k: usize| {
             let i = (at + k * self.dilation[d]) as isize - self.lo[d];
             i >= 0 && i < self.src[d] as isize
         };
-        let mut taps = Vec::with_capacity(kd * kh * kw);
+        let mut taps = with_capacity(kd * kh * kw, "direct row taps");
         for a in 0..kd {
             for b in 0..kh {
                 taps.extend(std::iter::repeat_n(inside(0, z, a) && inside(1, y, b), kw));
@@ -292,7 +293,7 @@ impl Plane {
 /// the input: output channel `j` of the correlation is the forward's input channel).
 fn pack_weights<T: Real>(w: &[T], groups: usize, cin: usize, kout: usize, taps: usize, kb: usize, transpose: bool) -> Vec<T> {
     let blocks = kout.div_ceil(kb);
-    let mut packed = vec![T::zero(); groups * blocks * kb * cin * taps];
+    let mut packed = scratch(groups * blocks * kb * cin * taps, "direct packed weights");
     for g in 0..groups {
         for b in 0..blocks {
             for c in 0..cin {
@@ -317,7 +318,7 @@ fn pack_weights<T: Real>(w: &[T], groups: usize, cin: usize, kout: usize, taps: 
 /// of `kb` weights), as `[unit][selected tap][j]`.
 fn select_taps<T: Real>(packed: &[T], units: usize, mask: &[bool], kb: usize) -> Vec<T> {
     let taps = mask.len();
-    let mut out = Vec::with_capacity(units * mask.iter().filter(|&&m| m).count() * kb);
+    let mut out = with_capacity(units * mask.iter().filter(|&&m| m).count() * kb, "direct band weights");
     for unit in packed.chunks_exact(taps * kb).take(units) {
         for (t, w) in unit.chunks_exact(kb).enumerate() {
             if mask[t] {
@@ -415,6 +416,7 @@ fn correlate<T: Real>(
         let stride = phases * phase_len;
         // Every tap's offset, then each band's (at `band_offs_at`).
         Plane::offsets(&tap_list, phase_len, offs);
+        reserve(offs, band_taps.iter().sum(), "direct tap offsets");
         for m in &masks {
             for t in 0..taps {
                 if m[t] {
@@ -422,8 +424,8 @@ fn correlate<T: Real>(
                 }
             }
         }
-        xs.resize(cin * stride, T::zero());
-        wide.resize(kb * span, T::zero());
+        resize(xs, cin * stride, T::zero(), "direct xs");
+        resize(wide, kb * span, T::zero(), "direct wide");
         row_starts.clear();
         row_starts.extend((r0..r1).map(|r| plane.wide_row(r) - start));
         for c in 0..cin {
@@ -519,10 +521,10 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
     let sample_elems = (cg * phases + kpad) * ((end - start).div_ceil(tile) * tile + plane.max_offset());
     let min_samples = MIN_UNIT_POSITIONS.div_ceil(end - start);
     let batch = if row_chunks > 1 { 1 } else { (WEIGHT_BUFFER_ELEMS / sample_elems).max(min_samples).clamp(1, per_chunk) };
-    let mut partials = vec![T::zero(); chunks * dw.len()];
+    let mut partials = scratch(chunks * dw.len(), "direct partial weight gradients");
     parallel::for_each_chunk(&mut partials, dw.len(), work, |chunk, partial| {
         let (mut xs, mut dys, mut offs) = (Vec::new(), Vec::new(), Vec::new());
-        let mut acc = vec![T::zero(); groups * acc_len];
+        let mut acc = scratch(groups * acc_len, "direct weight accumulators");
         let samples = chunk * per_chunk..((chunk + 1) * per_chunk).min(geo.n);
         for first in samples.clone().step_by(batch) {
             let count = batch.min(samples.end - first);
@@ -533,8 +535,8 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
                 let phase_len = span + plane.max_offset();
                 let stride = phases * phase_len;
                 Plane::offsets(&tap_list, phase_len, &mut offs);
-                xs.resize(count * cg * stride, T::zero());
-                dys.resize(count * kpad * span, T::zero());
+                resize(&mut xs, count * cg * stride, T::zero(), "direct xs");
+                resize(&mut dys, count * kpad * span, T::zero(), "direct dys");
                 for g in 0..groups {
                     for i in 0..count {
                         let s = first + i;
@@ -563,7 +565,7 @@ fn backward_weight_with<T: Real>(isa: Isa, (kb, ob): (usize, usize), x: &[T], dy
             }
         }
         // The lanes of each accumulator, summed once per chunk, then put in weight order.
-        let mut sums = vec![T::zero(); acc.len() / lanes];
+        let mut sums = scratch(acc.len() / lanes, "direct weight sums");
         match lanes {
             16 => lane_sums::<T, 16>(&acc, &mut sums),
             8 => lane_sums::<T, 8>(&acc, &mut sums),

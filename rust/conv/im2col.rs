@@ -8,7 +8,7 @@
 //! independent tasks, and their split depends only on the shapes, so results do not depend on
 //! the thread count.
 
-use crate::element::{transpose, Real, SendPtr};
+use crate::element::{resize, scratch, transpose, Real, SendPtr};
 use crate::params::ConvGeometry;
 use crate::parallel;
 
@@ -82,7 +82,7 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
         let (b_ptr, rsb) = if pointwise {
             (x_group[p0..].as_ptr(), in_len as isize)
         } else {
-            col.resize(rows * cols, T::zero());
+            resize(col, rows * cols, T::zero(), "im2col col");
             fill_tile(x_group, geo, cg, p0, cols, cols, col);
             (col.as_ptr(), cols as isize)
         };
@@ -98,7 +98,7 @@ pub(crate) fn forward<T: Real>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvG
 /// Each group's weights `(kg, rows)` stored column-major, `[g][row][k]`, so that the GEMM packs
 /// them by copying runs (see `element::transpose`); once per call, not once per tile.
 fn transposed_weights<T: Real>(w: &[T], groups: usize, kg: usize, rows: usize) -> Vec<T> {
-    let mut wt = vec![T::zero(); w.len()];
+    let mut wt = scratch(w.len(), "im2col transposed weights");
     for (src, dst) in w.chunks_exact(kg * rows).zip(wt.chunks_exact_mut(kg * rows)).take(groups) {
         transpose(src, kg, rows, rows, dst, kg);
     }
@@ -120,8 +120,8 @@ fn forward_batched<T: Real>(x: &[T], wt: &[T], bias: Option<&[T]>, geo: &ConvGeo
         let (b, g) = (item / geo.groups, item % geo.groups);
         let (n0, n1) = (b * per_tile, ((b + 1) * per_tile).min(geo.n));
         let width = (n1 - n0) * out_len;
-        col.resize(rows * width, T::zero());
-        acc.resize(kg * width, T::zero());
+        resize(col, rows * width, T::zero(), "im2col col");
+        resize(acc, kg * width, T::zero(), "im2col acc");
         for (i, n) in (n0..n1).enumerate() {
             let x_group = &x[(n * geo.c_in + g * cg) * in_len..][..cg * in_len];
             fill_tile(x_group, geo, cg, 0, out_len, width, &mut col[i * out_len..]);
@@ -392,7 +392,7 @@ pub(crate) fn backward_input<T: Real>(dy: &[T], w: &[T], geo: &ConvGeometry, dx:
         for t in 0..tiles {
             let p0 = t * tile;
             let cols = tile.min(out_len - p0);
-            dcol.resize(channels * kvol * cols, T::zero());
+            resize(dcol, channels * kvol * cols, T::zero(), "im2col dcol");
             // SAFETY: A = W_g^T rows c0*kvol.. (channels*kvol, kg) read through W's strides;
             // B = dy columns p0.. (kg, cols); C = dcol, a separate buffer.
             unsafe {
@@ -438,7 +438,7 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
     let tile = tile_cols_within(DW_TILE_ELEMS, cb * kvol, out_len);
     let tiles = out_len.div_ceil(tile);
     let pointwise = kvol == 1 && geo.stride == [1; 3] && !geo.has_padding();
-    let mut partials = if chunks > 1 { vec![T::zero(); chunks * dw.len()] } else { Vec::new() };
+    let mut partials = if chunks > 1 { scratch(chunks * dw.len(), "im2col partial weight gradients") } else { Vec::new() };
     let wlen = dw.len();
     let dst_ptr = SendPtr(if chunks > 1 { partials.as_mut_ptr() } else { dw.as_mut_ptr() });
     let work = geo.n * geo.c_out * out_len * rows;
@@ -474,9 +474,9 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
             while n0 < s1 {
                 let n1 = (n0 + per_tile).min(s1);
                 let width = (n1 - n0) * out_len;
-                col.resize(crows * width, T::zero());
-                col_t.resize(crows * width, T::zero());
-                dy_t.resize(kg * width, T::zero());
+                resize(col, crows * width, T::zero(), "im2col col");
+                resize(col_t, crows * width, T::zero(), "im2col col t");
+                resize(dy_t, kg * width, T::zero(), "im2col dy t");
                 for (i, n) in (n0..n1).enumerate() {
                     fill_tile(x_chans(n), geo, channels, 0, out_len, width, &mut col[i * out_len..]);
                     transpose(dy_block(n), kg, out_len, out_len, &mut dy_t[i * out_len * kg..], kg);
@@ -492,12 +492,12 @@ pub(crate) fn backward_weight<T: Real>(x: &[T], dy: &[T], geo: &ConvGeometry, dw
             for t in 0..tiles {
                 let p0 = t * tile;
                 let cols = tile.min(out_len - p0);
-                col_t.resize(crows * cols, T::zero());
-                dy_t.resize(kg * cols, T::zero());
+                resize(col_t, crows * cols, T::zero(), "im2col col t");
+                resize(dy_t, kg * cols, T::zero(), "im2col dy t");
                 if pointwise {
                     transpose(&x_chans[p0..], channels, cols, in_len, col_t, crows);
                 } else {
-                    col.resize(crows * cols, T::zero());
+                    resize(col, crows * cols, T::zero(), "im2col col");
                     fill_tile(x_chans, geo, channels, p0, cols, cols, col);
                     transpose(col, crows, cols, cols, col_t, crows);
                 }

@@ -301,7 +301,8 @@ pub fn conv_forward<T: Real>(
     }
     let input = standard(input, "input copy")?;
     let weight = standard(weight, "weight copy")?;
-    let bias = bias.map(|b| b.iter().copied().collect::<Vec<T>>());
+    let bias = bias.map(|b| standard(b, "bias copy")).transpose()?;
+    let bias = bias.as_ref().map(|b| b.as_slice().expect("standard layout"));
     let x = input.as_slice().expect("standard layout");
     let w = weight.as_slice().expect("standard layout");
     let dst = out.as_slice_mut().expect("fresh array");
@@ -310,9 +311,9 @@ pub fn conv_forward<T: Real>(
         if params.padding_mode != PaddingMode::Zeros && geo.has_padding() {
             let padded = pad::pad_input(x, &geo, params.padding_mode)?;
             let geo = geo.with_padding_applied();
-            Strategy::select(&geo, Direction::Forward)?.forward(&padded, w, bias.as_deref(), &geo, dst);
+            Strategy::select(&geo, Direction::Forward)?.forward(&padded, w, bias, &geo, dst);
         } else {
-            Strategy::select(&geo, Direction::Forward)?.forward(x, w, bias.as_deref(), &geo, dst);
+            Strategy::select(&geo, Direction::Forward)?.forward(x, w, bias, &geo, dst);
         }
         Ok(())
     })?;

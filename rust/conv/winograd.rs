@@ -35,7 +35,7 @@
 //! summation to ~1e-15.
 
 use super::depthwise::has_avx2_fma;
-use crate::element::{Real, SendPtr};
+use crate::element::{scratch, Real, SendPtr};
 use crate::parallel;
 use crate::params::ConvGeometry;
 
@@ -147,7 +147,7 @@ fn filter_transform<T: Real>(c_dst: usize, c_src: usize, kernel: impl Fn(usize, 
         [0.0, 0.0, 1.0],
     ];
     let pairs = c_dst * c_src;
-    let mut u = vec![T::zero(); POINTS * pairs];
+    let mut u: Vec<T> = scratch(POINTS * pairs, "winograd transformed weights");
     // Index loops: the matrix products read best in the notation of the formula.
     let u_ptr = SendPtr(u.as_mut_ptr());
     parallel::for_each(c_dst, pairs * POINTS * 8, |d| {
@@ -185,10 +185,10 @@ impl<T: Real> Scratch<T> {
     fn new(plan: &Plan) -> Self {
         let (stride, cap) = (plan.stride(), plan.cap());
         Scratch {
-            v: vec![T::zero(); POINTS * plan.c_src * stride],
-            m: vec![T::zero(); POINTS * plan.c_dst * stride],
-            rows: vec![T::zero(); A * (M * cap + M)],
-            half: vec![T::zero(); POINTS * cap],
+            v: scratch(POINTS * plan.c_src * stride, "winograd input tiles"),
+            m: scratch(POINTS * plan.c_dst * stride, "winograd output tiles"),
+            rows: scratch(A * (M * cap + M), "winograd rows"),
+            half: scratch(POINTS * cap, "winograd half transforms"),
         }
     }
 }
