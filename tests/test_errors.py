@@ -310,3 +310,48 @@ def test_absurd_sizes_raise_instead_of_crashing(name):
     assert "RAISED MemoryError" in proc.stdout or "RAISED ValueError" in proc.stdout, (
         f"stdout: {proc.stdout}\nstderr: {proc.stderr[-2000:]}"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# more than 32 dimensions (NumPy 2 allows 64): rust-numpy panics making a view of such an array,
+# so every array argument is checked first and refused with a ValueError naming it.
+
+_NDIM = 33
+
+
+def _deep(dtype=f32, fill=1):
+    return np.full((1,) * _NDIM, fill, dtype=dtype)
+
+
+@pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) < "2.0.0", reason="NumPy < 2 caps arrays at 32 dimensions")
+def test_more_than_32_dimensions_name_the_argument():
+    from rconv import nn, optim
+
+    deep = _deep()
+    cases = [
+        ("input", lambda: rconv.relu(deep)),
+        ("input", lambda: rconv.softmax(deep)),
+        ("input", lambda: rconv.log_softmax(deep)),
+        ("input", lambda: rconv.conv2d(deep, w2d(1, 1, 1, 1))),
+        ("weight", lambda: rconv.conv2d(x2d(c=1), deep)),
+        ("bias", lambda: rconv.conv2d(x2d(c=1), w2d(1, 1, 1, 1), bias=deep)),
+        ("input", lambda: rconv.linear(deep, np.ones((1, 1), f32))),
+        ("weight", lambda: rconv.linear(np.ones((1, 1), f32), deep)),
+        ("input", lambda: rconv.max_pool2d(deep, 1)),
+        ("input", lambda: rconv.avg_pool2d(deep, 1)),
+        ("input", lambda: rconv.adaptive_avg_pool2d(deep, 1)),
+        ("grad_output", lambda: rconv.relu_backward(deep, np.ones((1, 1), f32))),
+        ("grad_output", lambda: rconv.max_pool1d_backward(deep, np.ones((1, 1, 2), f32), 2)),
+        ("indices", lambda: rconv.max_pool1d_backward(
+            np.ones((1, 1, 1), f32), np.ones((1, 1, 2), f32), 2, indices=_deep(np.int64, 0))),
+        ("grad_output", lambda: rconv.linear_backward(deep, np.ones((1, 1), f32), np.ones((1, 1), f32))),
+        ("logits", lambda: rconv.cross_entropy(deep, np.zeros(1, np.int64))),
+        ("target", lambda: rconv.cross_entropy(np.ones((1, 2), f32), _deep(np.int64, 0))),
+        ("logits", lambda: rconv.cross_entropy_backward(deep, np.zeros(1, np.int64))),
+    ]
+    p = nn.Parameter(deep)
+    cases.append(("param", lambda: optim.SGD([p], lr=0.1).step()))
+    cases.append(("param", lambda: optim.Adam([p]).step()))
+    for name, call in cases:
+        with pytest.raises(ValueError, match=rf"\b{name}\b.*33 dimensions"):
+            call()

@@ -32,10 +32,30 @@ fn dtype_name(a: &Bound<'_, PyUntypedArray>) -> String {
     a.dtype().str().map(|s| s.to_string()).unwrap_or_else(|_| "?".into())
 }
 
+/// The most dimensions an array argument may have: rust-numpy makes views of at most 32 (NumPy's
+/// own limit before 2.0) and panics past that, so this is checked before any view is made.
+const MAX_NDIM: usize = 32;
+
+/// `obj` as an ndarray, or None when it is not one. Every array argument is looked at through
+/// here before anything else, so one of more than `MAX_NDIM` dimensions is a ValueError naming
+/// `arg`, never a panic.
+pub(crate) fn ndarray<'a, 'py>(obj: &'a Bound<'py, PyAny>, arg: &str) -> PyResult<Option<&'a Bound<'py, PyUntypedArray>>> {
+    let Ok(arr) = obj.cast::<PyUntypedArray>() else {
+        return Ok(None);
+    };
+    if arr.ndim() > MAX_NDIM {
+        return Err(PyValueError::new_err(format!(
+            "{arg} has {} dimensions; rconv takes arrays of at most {MAX_NDIM}",
+            arr.ndim()
+        )));
+    }
+    Ok(Some(arr))
+}
+
 /// The dtype of `obj`, which must be a float32 or float64 ndarray (TypeError otherwise).
 pub(crate) fn kind_of(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Kind> {
     let py = obj.py();
-    let Ok(arr) = obj.cast::<PyUntypedArray>() else {
+    let Some(arr) = ndarray(obj, arg)? else {
         return Err(PyTypeError::new_err(format!(
             "{arg} must be a numpy.ndarray of float32 or float64, got {}",
             describe(obj)
@@ -70,6 +90,7 @@ pub(crate) fn expect_kind(obj: &Bound<'_, PyAny>, arg: &str, kind: Kind, first: 
 
 /// A read-only view of an ndarray already checked to be of dtype `T`.
 pub(crate) fn readonly<'py, T: PyReal>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
+    ndarray(obj, arg)?;
     let arr = obj
         .cast::<PyArrayDyn<T>>()
         .map_err(|_| PyTypeError::new_err(format!("{arg} must be a {} array, got {}", T::NAME, describe(obj))))?;

@@ -1,6 +1,6 @@
 //! Bindings of ReLU, softmax, log-softmax, cross-entropy, linear, and the thread count.
 
-use super::args::{compute, dispatch, expect_kind, kind_of, readonly, PyReal};
+use super::args::{compute, dispatch, expect_kind, kind_of, ndarray, readonly, PyReal};
 use crate::act;
 use crate::linear::{linear_backward, linear_forward};
 use crate::parallel;
@@ -44,7 +44,7 @@ pub(crate) fn log_softmax<'py>(py: Python<'py>, input: &Bound<'py, PyAny>, axis:
 
 /// `target` as an int64 array: any integer dtype is accepted, nothing else.
 pub(crate) fn class_indices<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
-    let Ok(arr) = target.cast::<PyUntypedArray>() else {
+    let Some(arr) = ndarray(target, "target")? else {
         return Err(PyTypeError::new_err(format!(
             "target must be a numpy.ndarray of integer class indices, got {}",
             target.get_type().name()?

@@ -1,6 +1,6 @@
 //! Bindings of the max, average and adaptive average pools.
 
-use super::args::{compute, dispatch, expect_kind, ints, kind_of, output_size, readonly, PyReal};
+use super::args::{compute, dispatch, expect_kind, ints, kind_of, ndarray, output_size, readonly, PyReal};
 use super::{add_batch, batch_grad, drop_batch};
 use crate::params::PoolParams;
 use crate::pool::{
@@ -56,6 +56,7 @@ fn max_typed<'py, T: PyReal>(
 /// `indices` of a max-pool backward: an int64 ndarray, as `max_pool*d(..., return_indices=True)`
 /// returns it.
 fn read_indices<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArrayDyn<'py, i64>> {
+    ndarray(obj, "indices")?;
     let arr = obj.cast::<PyArrayDyn<i64>>().map_err(|_| {
         let got = match obj.cast::<PyUntypedArray>() {
             Ok(a) => format!(
