@@ -85,14 +85,16 @@ pub fn linear_forward<T: Real>(
     let (x, w) = (x.as_slice().expect("standard"), w.as_slice().expect("standard"));
     let out_ptr = SendPtr(out.as_mut_ptr());
     let row_blocks = rows.div_ceil(ROW_BLOCK);
-    let cblock = col_block(row_blocks, out_f, rows * in_f * out_f);
+    // Multiply-adds, for the work split only; saturating, as a broadcast input can be huge.
+    let work = rows.saturating_mul(in_f).saturating_mul(out_f);
+    let cblock = col_block(row_blocks, out_f, work);
     let col_blocks = out_f.div_ceil(cblock);
     // Both operands run along in_features, which matrixmultiply packs one element at a time:
     // each task transposes its blocks first (LeNet-5's 64 x 400 x 120 layer: packing was half
     // the time), unless they are too large to copy.
     let transpose_blocks = in_f * (ROW_BLOCK + cblock) <= TRANSPOSE_MAX_ELEMS;
     {
-        parallel::for_each_init(row_blocks * col_blocks, rows * in_f * out_f, || (Vec::new(), Vec::new()), |(xt, wt): &mut (Vec<T>, Vec<T>), item| {
+        parallel::for_each_init(row_blocks * col_blocks, work, || (Vec::new(), Vec::new()), |(xt, wt): &mut (Vec<T>, Vec<T>), item| {
             let (r0, c0) = ((item / col_blocks) * ROW_BLOCK, (item % col_blocks) * cblock);
             let (m, n) = (ROW_BLOCK.min(rows - r0), cblock.min(out_f - c0));
             // SAFETY: task (r, c) writes rows r0..r0+m, columns c0..c0+n of the (rows, out_f)
@@ -152,7 +154,7 @@ pub fn linear_backward<T: Real>(
     let (dx_ptr, dw_ptr) = (SendPtr(grad_input.as_mut_ptr()), SendPtr(grad_weight.as_mut_ptr()));
     let db = grad_bias.as_slice_mut().expect("fresh array");
     {
-        let work = rows * in_f * out_f;
+        let work = rows.saturating_mul(in_f).saturating_mul(out_f);
         // grad_input (rows, in) = dy (rows, out) x W (out, in), in (row, column) blocks.
         let rb = rows.div_ceil(ROW_BLOCK);
         let cblock = col_block(rb, in_f, work);

@@ -4,7 +4,7 @@
 //! Internally every operation is 3-D: a 1-D length L is the volume (1, 1, L) and a 2-D image
 //! (H, W) is (1, H, W). Kernels then have one code path for all three ranks.
 
-use crate::error::{shape_str, Error, Result};
+use crate::error::{check_shape_fits, shape_str, Error, Result};
 use std::fmt;
 use std::str::FromStr;
 
@@ -141,13 +141,14 @@ impl ConvParams {
                 ),
             ));
         }
-        if weight[1] * groups != c_in {
+        let expected = weight[1].checked_mul(groups);
+        if expected != Some(c_in) {
             return Err(Error::invalid(
                 "weight",
                 format!(
                     "weight of shape {} expects {} input channels (weight.shape[1] * groups = {} * {groups}), but input of shape {} has {c_in}",
                     shape_str(weight),
-                    weight[1] * groups,
+                    expected.map_or("more".to_string(), |e| e.to_string()),
                     weight[1],
                     shape_str(input)
                 ),
@@ -172,11 +173,11 @@ impl ConvParams {
             Padding::Same => {
                 for d in 0..dims {
                     let out = in_sp[d].div_ceil(self.stride[d]);
-                    let extent = extent(k_sp[d], self.dilation[d]).ok_or_else(|| too_large("weight", weight))?;
+                    let extent = extent(k_sp[d], self.dilation[d]).ok_or_else(|| dilation_too_large(&self.dilation, weight))?;
                     let needed = (out.saturating_sub(1))
                         .checked_mul(self.stride[d])
                         .and_then(|v| v.checked_add(extent))
-                        .ok_or_else(|| too_large("weight", weight))?;
+                        .ok_or_else(|| dilation_too_large(&self.dilation, weight))?;
                     let total = needed.saturating_sub(in_sp[d]);
                     lo[d] = total / 2;
                     hi[d] = total - lo[d];
@@ -213,10 +214,10 @@ impl ConvParams {
                 .checked_add(lo[d])
                 .and_then(|v| v.checked_add(hi[d]))
                 .ok_or_else(|| too_large("padding", input))?;
-            let ext = extent(k_sp[d], self.dilation[d]).ok_or_else(|| too_large("weight", weight))?;
+            let ext = extent(k_sp[d], self.dilation[d]).ok_or_else(|| dilation_too_large(&self.dilation, weight))?;
             if ext > padded {
                 let exts: Vec<usize> = (0..dims).map(|i| extent(k_sp[i], self.dilation[i]).unwrap_or(usize::MAX)).collect();
-                let pads: Vec<usize> = (0..dims).map(|i| in_sp[i] + lo[i] + hi[i]).collect();
+                let pads: Vec<usize> = (0..dims).map(|i| in_sp[i].saturating_add(lo[i]).saturating_add(hi[i])).collect();
                 return Err(Error::invalid(
                     "weight",
                     format!(
@@ -230,6 +231,7 @@ impl ConvParams {
             }
             output[d] = (padded - ext) / self.stride[d] + 1;
         }
+        check_shape_fits(&shape_of(n, c_out, &to3(&output, 1), dims), "padding")?;
         Ok(ConvGeometry {
             dims,
             n,
@@ -391,6 +393,8 @@ impl PoolParams {
                 }
             }
         }
+        // Each output size is at most the input's plus one (padding <= kernel_size / 2).
+        check_shape_fits(&shape_of(input[0], input[1], &to3(&output, 1), dims), "padding")?;
         Ok(PoolGeometry {
             dims,
             n: input[0],
@@ -466,6 +470,7 @@ pub fn adaptive_geometry(input: &[usize], output_size: &[Option<usize>]) -> Resu
         ));
     }
     let out: Vec<usize> = output_size.iter().zip(in_sp).map(|(o, &i)| o.unwrap_or(i)).collect();
+    check_shape_fits(&shape_of(input[0], input[1], &to3(&out, 1), dims), "output_size")?;
     Ok(PoolGeometry {
         dims,
         n: input[0],
@@ -482,9 +487,12 @@ pub fn adaptive_geometry(input: &[usize], output_size: &[Option<usize>]) -> Resu
 /// The window `[start, end)` of adaptive-pool output `i` of `out` over an input of size `size`.
 #[inline]
 pub fn adaptive_window(i: usize, out: usize, size: usize) -> (usize, usize) {
+    // In u128: `i * size` passes usize::MAX when both are large (an output larger than the
+    // input); the bounds themselves are at most `size`.
+    let (i, out, size) = (i as u128, out as u128, size as u128);
     let start = (i * size) / out;
     let end = ((i + 1) * size).div_ceil(out);
-    (start, end)
+    (start as usize, end as usize)
 }
 
 /// Span of a dilated kernel: `dilation * (k - 1) + 1`.
@@ -494,6 +502,14 @@ fn extent(kernel: usize, dilation: usize) -> Option<usize> {
 
 fn too_large(arg: &'static str, shape: &[usize]) -> Error {
     Error::invalid(arg, format!("{arg} is too large for an input of shape {}", shape_str(shape)))
+}
+
+/// The span of a dilated kernel, `dilation * (k - 1) + 1`, does not fit `usize`.
+fn dilation_too_large(dilation: &[usize], weight: &[usize]) -> Error {
+    Error::invalid(
+        "dilation",
+        format!("dilation {} is too large: the kernel of weight {} would span more than usize::MAX", shape_str(dilation), shape_str(weight)),
+    )
 }
 
 fn check_dims(dims: usize) -> Result<()> {
@@ -606,6 +622,16 @@ mod tests {
         assert!(r.geometry(&[1, 1, 3, 3], &[1, 1, 3, 3]).is_ok());
         let huge = conv2d(1, Padding::Explicit(vec![usize::MAX / 2, 0]), 1);
         assert!(huge.geometry(&[1, 1, 3, 3], &[1, 1, 3, 3]).is_err());
+        // An empty batch whose output would have more elements than an array can hold.
+        let padded = conv2d(1, Padding::Explicit(vec![1 << 40, 1 << 40]), 1);
+        assert_eq!(padded.geometry(&[0, 1, 3, 3], &[1, 1, 3, 3]).unwrap_err().arg(), "padding");
+        // The kernel's span overflows: the dilation is at fault.
+        assert_eq!(conv2d(1, Padding::Valid, usize::MAX / 2 + 1).geometry(&[1, 1, 3, 3], &[1, 1, 3, 3]).unwrap_err().arg(), "dilation");
+        assert_eq!(conv2d(1, Padding::Same, usize::MAX / 2 + 1).geometry(&[1, 1, 3, 3], &[1, 1, 3, 3]).unwrap_err().arg(), "dilation");
+        // The error message of a kernel larger than the padded input adds up huge paddings
+        // without overflowing.
+        let lopsided = conv2d(1, Padding::Explicit(vec![0, usize::MAX / 2]), 1);
+        assert_eq!(lopsided.geometry(&[1, 1, 1, 3], &[1, 1, 3, 3]).unwrap_err().arg(), "weight");
     }
 
     #[test]

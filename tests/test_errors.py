@@ -355,3 +355,32 @@ def test_more_than_32_dimensions_name_the_argument():
     for name, call in cases:
         with pytest.raises(ValueError, match=rf"\b{name}\b.*33 dimensions"):
             call()
+
+
+# ----------------------------------------------------------------------------------------------
+# shape arithmetic that overflows: an error naming the argument, or the exact answer
+
+
+def test_empty_batch_whose_output_cannot_exist_names_the_argument():
+    # No element to allocate, but no array can have (0, 1, 2**62, 2**62): it was an internal error.
+    with pytest.raises(ValueError, match="output_size"):
+        rconv.adaptive_avg_pool2d(np.ones((0, 1, 4, 4), f32), 2**62)
+    with pytest.raises(ValueError, match="padding"):
+        rconv.conv1d(np.zeros((0, 1, 4), f64), np.ones((1, 1, 3), f64), padding=2**62)
+
+
+def test_huge_average_pool_windows_divide_by_their_true_size():
+    # One window of 2**64 - 1 (half of it padding) over four ones: 4 / (2**64 - 1). The padded
+    # length 4 + 2 * (2**63 - 1) wrapped to 2 and the result was 2.0.
+    k = 2**64 - 1
+    x = np.ones((1, 1, 4))
+    got = rconv.avg_pool1d(x, k, padding=2**63 - 1, stride=k)
+    assert got.shape == (1, 1, 1) and got[0, 0, 0] == 4 / float(k)
+    dx = rconv.avg_pool1d_backward(np.ones((1, 1, 1)), x, k, padding=2**63 - 1, stride=k)
+    assert np.all(dx == 1 / float(k))
+    # 3-D, 2**30 per dimension: the divisor 2**90 saturated at 2**64 (64 / 2**64 = 3.5e-18).
+    k3 = 2**30
+    got = rconv.avg_pool3d(np.ones((1, 1, 4, 4, 4)), k3, padding=k3 // 2, stride=k3)
+    assert got[0, 0, 0, 0, 0] == 64 / float(k3**3)
+    got32 = rconv.avg_pool3d(np.ones((1, 1, 4, 4, 4), f32), k3, padding=k3 // 2, stride=k3)
+    assert got32[0, 0, 0, 0, 0] == np.float32(64 / float(k3**3))

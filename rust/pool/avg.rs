@@ -9,7 +9,7 @@
 //! The backward spreads `grad / divisor` over each window, output rows in order and, within a
 //! row, column taps from last to first so each element still receives its outputs in order.
 
-use super::plan::{for_each_block, row_span, rows_per_task, window_work, RowCache, RowPlan};
+use super::plan::{divisor, for_each_block, row_span, rows_per_task, window_work, RowCache, RowPlan};
 use super::simd::{level, multiversion};
 use crate::element::Real;
 use crate::params::{adaptive_window, PoolGeometry};
@@ -39,35 +39,35 @@ impl AvgPlan {
         AvgPlan { rows, count_include_pad, cx }
     }
 
-    /// The z * y factor of the divisor of output row `(oz, oy)`.
-    fn czy(&self, oz: usize, oy: usize) -> usize {
-        if self.count_include_pad {
-            // Saturating, as the generic loops: huge paddings can overflow the product.
-            self.rows.az.padded_len(oz).saturating_mul(self.rows.ay.padded_len(oy))
+    /// The z * y factor of the divisor of output row `(oz, oy)`, exact.
+    fn czy(&self, oz: usize, oy: usize) -> u128 {
+        let (z, y) = if self.count_include_pad {
+            (self.rows.az.padded_len(oz), self.rows.ay.padded_len(oy))
         } else {
             let ((lz, hz), (ly, hy)) = (self.rows.az.taps(oz), self.rows.ay.taps(oy));
-            (hz - lz) * (hy - ly)
-        }
+            (hz - lz, hy - ly)
+        };
+        z as u128 * y as u128
     }
 }
 
 /// The divisors of one output row, as floats, rebuilt only when the row's z * y factor changes.
 struct Divisors<T> {
-    czy: usize,
+    czy: u128,
     vals: Vec<T>,
 }
 
 impl<T: Real> Divisors<T> {
     fn new(wo: usize) -> Self {
-        Divisors { czy: usize::MAX, vals: vec![T::one(); wo] }
+        Divisors { czy: u128::MAX, vals: vec![T::one(); wo] }
     }
 
     #[inline]
-    fn of(&mut self, czy: usize, cx: &[usize]) -> &[T] {
+    fn of(&mut self, czy: u128, cx: &[usize]) -> &[T] {
         if czy != self.czy {
             self.czy = czy;
             for (d, &c) in self.vals.iter_mut().zip(cx) {
-                *d = T::from_usize(czy.saturating_mul(c)).expect("window size fits a float");
+                *d = divisor(czy, c);
             }
         }
         &self.vals

@@ -612,3 +612,46 @@ fn non_contiguous_inputs_give_the_same_results() {
     assert_same(a.as_slice().unwrap(), b.as_slice().unwrap(), "strided input");
     assert_eq!(ai, bi);
 }
+
+/// The divisor of a window clipped to a padding of half a huge kernel: each count is near
+/// `usize::MAX` (`size + 2p` wrapped before) and their product far past it (it saturated at
+/// 2^64 before). The references are the exact values, rounded once.
+#[test]
+fn huge_windows_divide_by_their_exact_size() {
+    let max = usize::MAX;
+    // 1-D: k = 2^64 - 1 fits the padded input (4 + 2^64 - 2): one window, four ones in it.
+    let x = ArrayD::<f64>::ones(IxDyn(&[1, 1, 4]));
+    let params = p(vec![max], vec![max], vec![max / 2], vec![1], false);
+    let y = avg_pool_forward(x.view(), &params, true).unwrap();
+    assert_eq!(y.as_slice().unwrap(), &[4.0 / 18446744073709551615.0]);
+    let dx = avg_pool_backward(y.view(), x.view(), &params, true).unwrap();
+    assert!(dx.iter().all(|&g| g == y[[0, 0, 0]] / 18446744073709551615.0), "{dx:?}");
+    // 3-D: 2^30 per dimension, 2^90 in all: 64 / 2^90 exactly.
+    let x = ArrayD::<f64>::ones(IxDyn(&[1, 1, 4, 4, 4]));
+    let k = 1usize << 30;
+    let params = p(vec![k; 3], vec![k; 3], vec![k / 2; 3], vec![1; 3], false);
+    let want = 64.0 * 2f64.powi(-90);
+    assert_eq!(avg_pool_forward(x.view(), &params, true).unwrap().as_slice().unwrap(), &[want]);
+    let xf = x.mapv(|v| v as f32);
+    assert_eq!(avg_pool_forward(xf.view(), &params, true).unwrap().as_slice().unwrap(), &[want as f32]);
+    // Three counts of 2^64 - 1: past u128, a float product, 64 / 2^192 (0 in float32, whose
+    // smallest subnormal is 2^-149).
+    let params = p(vec![max; 3], vec![max; 3], vec![max / 2; 3], vec![1; 3], false);
+    assert_eq!(avg_pool_forward(x.view(), &params, true).unwrap().as_slice().unwrap(), &[64.0 * 2f64.powi(-192)]);
+    assert_eq!(avg_pool_forward(xf.view(), &params, true).unwrap().as_slice().unwrap(), &[0.0]);
+    // Without the padding in the divisor, the count is the four (64) input elements.
+    assert_eq!(avg_pool_forward(x.view(), &params, false).unwrap().as_slice().unwrap(), &[1.0]);
+}
+
+/// An output whose element count overflows is an error naming the argument that made it, also
+/// for an empty batch (nothing to allocate, but no array can have that shape).
+#[test]
+fn outputs_too_large_to_exist_are_errors() {
+    let x = ArrayD::<f32>::zeros(IxDyn(&[0, 1, 4, 4]));
+    let huge = 1usize << 62;
+    assert_eq!(adaptive_avg_pool_forward(x.view(), &[Some(huge), Some(huge)]).unwrap_err().arg(), "output_size");
+    let x1 = ArrayD::<f32>::zeros(IxDyn(&[1, 1, 4]));
+    assert_eq!(adaptive_avg_pool_forward(x1.view(), &[Some(1 << 63)]).unwrap_err().arg(), "output_size");
+    // Windows of an output far larger than the input: i * size passes usize::MAX.
+    assert_eq!(crate::params::adaptive_window(huge - 1, huge, 1 << 10), ((1 << 10) - 1, 1 << 10));
+}
