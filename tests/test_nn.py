@@ -471,7 +471,7 @@ def test_dropout():
         (lambda: nn.Conv2d(0, 4, 3), ValueError, "in_channels"),
         (lambda: nn.Conv2d(3, 4.0, 3), TypeError, "out_channels"),
         (lambda: nn.Conv2d(3, 4, 3, dtype=np.int32), TypeError, "dtype"),
-        (lambda: nn.Linear(0, 3), ValueError, "in_features"),
+        (lambda: nn.Linear(-1, 3), ValueError, "in_features"),  # 0 is PyTorch's empty layer
         (lambda: nn.Linear(3, True), TypeError, "out_features"),
         (lambda: nn.MaxPool2d(0), ValueError, "kernel_size"),
         (lambda: nn.AvgPool1d(2, stride=0), ValueError, "stride"),
@@ -482,6 +482,20 @@ def test_dropout():
 def test_bad_layer_arguments(make, exc, name):
     with pytest.raises(exc, match=name):
         make()
+
+
+def test_linear_without_input_features_is_pytorchs_empty_layer():
+    # torch.nn.Linear(0, 3): a (3, 0) weight, a zero bias (bound 0 without fan-in); the output is
+    # the bias, and the bias gradient sums grad_output (linear_backward gave 0 there).
+    layer = nn.Linear(0, 3, rng=np.random.default_rng(0))
+    assert layer.weight.shape == (3, 0) and np.all(layer.bias.data == 0)
+    layer.bias.data[...] = [1.0, 2.0, 3.0]
+    out = layer(np.zeros((4, 0), np.float32))
+    np.testing.assert_array_equal(out, np.tile([1.0, 2.0, 3.0], (4, 1)))
+    g = np.arange(12.0, dtype=np.float32).reshape(4, 3)
+    assert layer.backward(g).shape == (4, 0)
+    np.testing.assert_array_equal(layer.bias.grad, g.astype(np.float64).sum(axis=0))
+    assert nn.Linear(3, 0)(np.ones((2, 3), np.float32)).shape == (2, 0)
 
 
 def test_native_errors_pass_through_layers():

@@ -837,11 +837,14 @@ class Linear(Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32,
                  rng: Optional[np.random.Generator] = None):
         super().__init__()
-        self.in_features = _check_int("in_features", in_features, 1)
-        self.out_features = _check_int("out_features", out_features, 1)
+        # 0 is allowed, as in PyTorch: Linear(0, k) gives bias + nothing, and its backward still
+        # sums the bias gradient.
+        self.in_features = _check_int("in_features", in_features, 0)
+        self.out_features = _check_int("out_features", out_features, 0)
         dt = _check_dtype(dtype)
         gen = _rng(rng)
-        bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform_(a=sqrt(5)), see _ConvNd
+        # kaiming_uniform_(a=sqrt(5)), see _ConvNd; PyTorch's bias bound is 0 without inputs.
+        bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
         self.weight = Parameter(_uniform(gen, bound, (out_features, in_features), dt))
         self.bias = Parameter(_uniform(gen, bound, (out_features,), dt)) if bias else None
         self._input: Optional[np.ndarray] = None
