@@ -209,6 +209,7 @@ impl ConvParams {
             }
         }
         let mut output = vec![0; dims];
+        let mut stride = self.stride.clone();
         for d in 0..dims {
             let padded = in_sp[d]
                 .checked_add(lo[d])
@@ -230,6 +231,11 @@ impl ConvParams {
                 ));
             }
             output[d] = (padded - ext) / self.stride[d] + 1;
+            // A stride past the padded input leaves one output position, where the stride
+            // multiplies nothing: the kernels get the padded size instead (the same result),
+            // so none of them multiplies or allocates by a stride of up to usize::MAX (a stride
+            // of 2**63 in H made a 3x3 conv2d write out of bounds).
+            stride[d] = stride[d].min(padded);
         }
         check_shape_fits(&shape_of(n, c_out, &to3(&output, 1), dims), "padding")?;
         Ok(ConvGeometry {
@@ -240,7 +246,7 @@ impl ConvParams {
             groups,
             input: to3(in_sp, 1),
             kernel: to3(k_sp, 1),
-            stride: to3(&self.stride, 1),
+            stride: to3(&stride, 1),
             dilation: to3(&self.dilation, 1),
             pad_lo: to3(&lo, 0),
             pad_hi: to3(&hi, 0),
@@ -259,6 +265,7 @@ pub struct ConvGeometry {
     pub groups: usize,
     pub input: Dims3,
     pub kernel: Dims3,
+    /// At most the padded input size (a larger stride gives one output position, the same).
     pub stride: Dims3,
     pub dilation: Dims3,
     pub pad_lo: Dims3,
@@ -602,6 +609,15 @@ mod tests {
         let g = conv2d(2, Padding::Same, 1).geometry(&[1, 1, 8, 8], &[1, 1, 3, 3]).unwrap();
         assert_eq!(g.output_shape(), vec![1, 1, 4, 4]);
         assert_eq!((g.pad_lo[2], g.pad_hi[2]), (0, 1));
+    }
+
+    #[test]
+    fn strides_past_the_padded_input_reach_the_kernels_clamped() {
+        let g = conv2d(usize::MAX, Padding::Explicit(vec![1, 1]), 1).geometry(&[2, 3, 6, 6], &[4, 3, 3, 3]).unwrap();
+        assert_eq!(g.output_shape(), vec![2, 4, 1, 1]);
+        assert_eq!(g.stride, [1, 8, 8]);
+        let g = conv2d(3, Padding::Valid, 1).geometry(&[2, 3, 7, 7], &[4, 3, 3, 3]).unwrap();
+        assert_eq!((g.output_shape(), g.stride), (vec![2, 4, 2, 2], [1, 3, 3]));
     }
 
     #[test]
