@@ -1,6 +1,6 @@
 //! Bindings of the max, average and adaptive average pools.
 
-use super::args::{compute, dispatch, expect_kind, ints, kind_of, ndarray, output_size, readonly, PyReal};
+use super::args::{compute, dispatch, expect_kind, flag, ints, ints_or, kind_of, ndarray, output_size, readonly, Arg, PyReal};
 use super::{add_batch, batch_grad, drop_batch};
 use crate::params::PoolParams;
 use crate::pool::{
@@ -15,19 +15,22 @@ use pyo3::types::PyTuple;
 fn pool_params(
     dims: usize,
     kernel_size: &Bound<'_, PyAny>,
-    stride: Option<&Bound<'_, PyAny>>,
-    padding: Option<&Bound<'_, PyAny>>,
-    dilation: Option<&Bound<'_, PyAny>>,
-    ceil_mode: bool,
+    stride: &Arg<'_>,
+    padding: &Arg<'_>,
+    dilation: &Arg<'_>,
+    ceil_mode: &Arg<'_>,
 ) -> PyResult<PoolParams> {
-    let kernel = ints(Some(kernel_size), "kernel_size", dims, 1, 1)?;
-    // PyTorch treats an empty stride like None: the kernel size.
-    let stride = stride.filter(|s| s.len().map_or(true, |n| n > 0));
+    let kernel = ints(kernel_size, "kernel_size", dims, 1)?;
+    // None, left out, or (as PyTorch) an empty tuple: the kernel size.
+    let stride = match stride.or_none() {
+        Some(s) if s.len().map_or(true, |n| n > 0) => ints(s, "stride", dims, 1)?,
+        _ => kernel.clone(),
+    };
     Ok(PoolParams {
-        stride: ints(stride, "stride", dims, 1, 1).map(|s| if stride.is_none_or(|s| s.is_none()) { kernel.clone() } else { s })?,
-        padding: ints(padding, "padding", dims, 0, 0)?,
-        dilation: ints(dilation, "dilation", dims, 1, 1)?,
-        ceil_mode,
+        stride,
+        padding: ints_or(padding, "padding", dims, 0, 0)?,
+        dilation: ints_or(dilation, "dilation", dims, 1, 1)?,
+        ceil_mode: flag(ceil_mode, "ceil_mode", false)?,
         kernel,
     })
 }
@@ -173,7 +176,7 @@ macro_rules! pool_backward_fns {
         /// shape); an index outside its input plane is a ValueError naming `indices`. Omitted,
         /// the argmax is recomputed from `input` exactly as the forward picks it.
         #[pyfunction]
-        #[pyo3(signature = (grad_output, input, kernel_size, stride=None, padding=None, dilation=None, ceil_mode=false, *, indices=None),
+        #[pyo3(signature = (grad_output, input, kernel_size, stride=Arg::Missing, padding=Arg::Missing, dilation=Arg::Missing, ceil_mode=Arg::Missing, *, indices=None),
                text_signature = "(grad_output, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, indices=None)")]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $max<'py>(
@@ -181,19 +184,19 @@ macro_rules! pool_backward_fns {
             grad_output: &Bound<'py, PyAny>,
             input: &Bound<'py, PyAny>,
             kernel_size: &Bound<'py, PyAny>,
-            stride: Option<&Bound<'py, PyAny>>,
-            padding: Option<&Bound<'py, PyAny>>,
-            dilation: Option<&Bound<'py, PyAny>>,
-            ceil_mode: bool,
+            stride: Arg<'py>,
+            padding: Arg<'py>,
+            dilation: Arg<'py>,
+            ceil_mode: Arg<'py>,
             indices: Option<&Bound<'py, PyAny>>,
         ) -> PyResult<Bound<'py, PyAny>> {
-            let params = pool_params($dims, kernel_size, stride, padding, dilation, ceil_mode)?;
+            let params = pool_params($dims, kernel_size, &stride, &padding, &dilation, &ceil_mode)?;
             backward_nd(py, $dims, grad_output, input, Backward::Max(&params, indices))
         }
 
         /// Gradient of average pooling with respect to its input; see `rconv.functional`.
         #[pyfunction]
-        #[pyo3(signature = (grad_output, input, kernel_size, stride=None, padding=None, ceil_mode=false, count_include_pad=true),
+        #[pyo3(signature = (grad_output, input, kernel_size, stride=Arg::Missing, padding=Arg::Missing, ceil_mode=Arg::Missing, count_include_pad=Arg::Missing),
                text_signature = "(grad_output, input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)")]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $avg<'py>(
@@ -201,12 +204,13 @@ macro_rules! pool_backward_fns {
             grad_output: &Bound<'py, PyAny>,
             input: &Bound<'py, PyAny>,
             kernel_size: &Bound<'py, PyAny>,
-            stride: Option<&Bound<'py, PyAny>>,
-            padding: Option<&Bound<'py, PyAny>>,
-            ceil_mode: bool,
-            count_include_pad: bool,
+            stride: Arg<'py>,
+            padding: Arg<'py>,
+            ceil_mode: Arg<'py>,
+            count_include_pad: Arg<'py>,
         ) -> PyResult<Bound<'py, PyAny>> {
-            let params = pool_params($dims, kernel_size, stride, padding, None, ceil_mode)?;
+            let params = pool_params($dims, kernel_size, &stride, &padding, &Arg::Missing, &ceil_mode)?;
+            let count_include_pad = flag(&count_include_pad, "count_include_pad", true)?;
             backward_nd(py, $dims, grad_output, input, Backward::Avg(&params, count_include_pad))
         }
 
@@ -231,39 +235,41 @@ macro_rules! pool_fns {
     ($max:ident, $avg:ident, $adaptive:ident, $dims:literal) => {
         /// Max pooling over channels-first volumes; see `rconv.functional`.
         #[pyfunction]
-        #[pyo3(signature = (input, kernel_size, stride=None, padding=None, dilation=None, ceil_mode=false, return_indices=false),
+        #[pyo3(signature = (input, kernel_size, stride=Arg::Missing, padding=Arg::Missing, dilation=Arg::Missing, ceil_mode=Arg::Missing, return_indices=Arg::Missing),
                text_signature = "(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False)")]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $max<'py>(
             py: Python<'py>,
             input: &Bound<'py, PyAny>,
             kernel_size: &Bound<'py, PyAny>,
-            stride: Option<&Bound<'py, PyAny>>,
-            padding: Option<&Bound<'py, PyAny>>,
-            dilation: Option<&Bound<'py, PyAny>>,
-            ceil_mode: bool,
-            return_indices: bool,
+            stride: Arg<'py>,
+            padding: Arg<'py>,
+            dilation: Arg<'py>,
+            ceil_mode: Arg<'py>,
+            return_indices: Arg<'py>,
         ) -> PyResult<Bound<'py, PyAny>> {
             let kind = kind_of(input, "input")?;
-            let params = pool_params($dims, kernel_size, stride, padding, dilation, ceil_mode)?;
+            let params = pool_params($dims, kernel_size, &stride, &padding, &dilation, &ceil_mode)?;
+            let return_indices = flag(&return_indices, "return_indices", false)?;
             dispatch!(kind, max_typed(py, $dims, input, &params, return_indices))
         }
 
         /// Average pooling over channels-first volumes; see `rconv.functional`.
         #[pyfunction]
-        #[pyo3(signature = (input, kernel_size, stride=None, padding=None, ceil_mode=false, count_include_pad=true),
+        #[pyo3(signature = (input, kernel_size, stride=Arg::Missing, padding=Arg::Missing, ceil_mode=Arg::Missing, count_include_pad=Arg::Missing),
                text_signature = "(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)")]
         pub(crate) fn $avg<'py>(
             py: Python<'py>,
             input: &Bound<'py, PyAny>,
             kernel_size: &Bound<'py, PyAny>,
-            stride: Option<&Bound<'py, PyAny>>,
-            padding: Option<&Bound<'py, PyAny>>,
-            ceil_mode: bool,
-            count_include_pad: bool,
+            stride: Arg<'py>,
+            padding: Arg<'py>,
+            ceil_mode: Arg<'py>,
+            count_include_pad: Arg<'py>,
         ) -> PyResult<Bound<'py, PyAny>> {
             let kind = kind_of(input, "input")?;
-            let params = pool_params($dims, kernel_size, stride, padding, None, ceil_mode)?;
+            let params = pool_params($dims, kernel_size, &stride, &padding, &Arg::Missing, &ceil_mode)?;
+            let count_include_pad = flag(&count_include_pad, "count_include_pad", true)?;
             dispatch!(kind, avg_typed(py, $dims, input, &params, count_include_pad))
         }
 
