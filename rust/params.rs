@@ -341,13 +341,16 @@ pub struct PoolParams {
     pub padding: Vec<usize>,
     pub dilation: Vec<usize>,
     pub ceil_mode: bool,
+    /// Average pooling only: divide every window's sum by this (PyTorch's `divisor_override`:
+    /// nonzero, negative allowed) instead of by the window's size.
+    pub divisor_override: Option<i64>,
 }
 
 impl PoolParams {
     /// PyTorch's defaults: stride = kernel size, no padding, dilation 1, floor mode.
     pub fn new(kernel: Vec<usize>) -> Self {
         let dims = kernel.len();
-        PoolParams { stride: kernel.clone(), kernel, padding: vec![0; dims], dilation: vec![1; dims], ceil_mode: false }
+        PoolParams { stride: kernel.clone(), kernel, padding: vec![0; dims], dilation: vec![1; dims], ceil_mode: false, divisor_override: None }
     }
 
     pub fn dims(&self) -> usize {
@@ -366,6 +369,9 @@ impl PoolParams {
         check_positive("stride", &self.stride)?;
         check_positive("dilation", &self.dilation)?;
         check_input_rank(input, dims, "pooling")?;
+        if self.divisor_override == Some(0) {
+            return Err(Error::invalid("divisor_override", "divisor_override must not be zero (as in PyTorch)"));
+        }
         for d in 0..dims {
             if self.padding[d] > self.kernel[d] / 2 {
                 return Err(Error::invalid(

@@ -530,6 +530,18 @@ def test_avg_pool_backward_grid(nd, ceil_mode, count_include_pad):
         check_reference(prob)
 
 
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("divisor_override", [3, -2])
+def test_avg_pool_backward_with_divisor_override(nd, divisor_override):
+    rng = np.random.default_rng(nd + 5 * abs(divisor_override))
+    for size, k, s, p, ceil_mode in [(7, 3, 2, 1, True), (6, 2, 3, 1, False), (5, 3, 1, 0, False)]:
+        x = rng.standard_normal((2, 2) + (size,) * nd)
+        prob = avg_pool_problem(nd, x, size, kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode,
+                                divisor_override=divisor_override)
+        check_finite_differences(prob)
+        check_reference(prob)
+
+
 @pytest.mark.parametrize("nd", [1, 2, 3])
 @pytest.mark.parametrize("ceil_mode", [False, True])
 def test_max_pool_backward_grid(nd, ceil_mode):

@@ -498,6 +498,26 @@ def test_linear_without_input_features_is_pytorchs_empty_layer():
     assert nn.Linear(3, 0)(np.ones((2, 3), np.float32)).shape == (2, 0)
 
 
+@pytest.mark.parametrize("nd", [2, 3])
+def test_avg_pool_layers_take_divisor_override(nd):
+    # As torch.nn.AvgPool2d/3d(divisor_override=...): the functional call's result and gradient.
+    x = np.random.default_rng(nd).standard_normal((2, 3) + (5,) * nd).astype(np.float32)
+    layer = getattr(nn, f"AvgPool{nd}d")(3, stride=2, padding=1, divisor_override=4)
+    out = layer(x)
+    f = getattr(rconv, f"avg_pool{nd}d")
+    np.testing.assert_array_equal(out, f(x, 3, stride=2, padding=1, divisor_override=4))
+    g = np.ones_like(out)
+    np.testing.assert_array_equal(
+        layer.backward(g), getattr(rconv, f"avg_pool{nd}d_backward")(g, x, 3, stride=2, padding=1, divisor_override=4))
+    assert "divisor_override=4" in repr(layer)
+    with pytest.raises(ValueError, match="divisor_override"):
+        getattr(nn, f"AvgPool{nd}d")(2, divisor_override=0)
+    with pytest.raises(TypeError, match="divisor_override"):
+        getattr(nn, f"AvgPool{nd}d")(2, divisor_override=2.0)
+    with pytest.raises(TypeError):
+        nn.AvgPool1d(2, divisor_override=3)  # PyTorch's AvgPool1d has none
+
+
 def test_native_errors_pass_through_layers():
     layer = nn.Conv2d(3, 4, 3)
     with pytest.raises(ValueError):

@@ -631,7 +631,8 @@ class MaxPool3d(_MaxPoolNd):
 class _AvgPoolNd(Module):
     _dims = 0
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override: Optional[int] = None):
         super().__init__()
         n = self._dims
         self.kernel_size = _ntuple("kernel_size", kernel_size, n, 1)
@@ -639,6 +640,9 @@ class _AvgPoolNd(Module):
         self.padding = _ntuple("padding", padding, n, 0)
         self.ceil_mode = check_bool("ceil_mode", ceil_mode)
         self.count_include_pad = check_bool("count_include_pad", count_include_pad)
+        if divisor_override is not None and check_int("divisor_override", divisor_override) == 0:
+            raise ValueError("divisor_override must not be zero (as in PyTorch)")
+        self.divisor_override = None if divisor_override is None else int(divisor_override)
         self._input: Optional[np.ndarray] = None
         self._forward = getattr(F, f"avg_pool{n}d")
         self._backward_name = f"avg_pool{n}d_backward"
@@ -650,6 +654,8 @@ class _AvgPoolNd(Module):
             padding=self.padding,
             ceil_mode=self.ceil_mode,
             count_include_pad=self.count_include_pad,
+            # avg_pool1d has no divisor_override (as PyTorch's)
+            **({} if self._dims == 1 else {"divisor_override": self.divisor_override}),
         )
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -661,11 +667,13 @@ class _AvgPoolNd(Module):
         return getattr(F, self._backward_name)(grad_output, _need(self._input, self), **self._kwargs())
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return s if self.divisor_override is None else s + f", divisor_override={self.divisor_override}"
 
 
 class AvgPool1d(_AvgPoolNd):
-    """Average pooling over (N, C, L) (``rconv.avg_pool1d``).
+    """Average pooling over (N, C, L) (``rconv.avg_pool1d``). No ``divisor_override``, as
+    PyTorch's AvgPool1d.
 
     Shape
     -----
@@ -674,9 +682,13 @@ class AvgPool1d(_AvgPoolNd):
 
     _dims = 1
 
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True):
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
+
 
 class AvgPool2d(_AvgPoolNd):
-    """Average pooling over (N, C, H, W) (``rconv.avg_pool2d``).
+    """Average pooling over (N, C, H, W) (``rconv.avg_pool2d``); ``divisor_override`` (a nonzero
+    int) replaces every window's divisor, as PyTorch's.
 
     Shape
     -----
@@ -687,7 +699,8 @@ class AvgPool2d(_AvgPoolNd):
 
 
 class AvgPool3d(_AvgPoolNd):
-    """Average pooling over (N, C, D, H, W) (``rconv.avg_pool3d``).
+    """Average pooling over (N, C, D, H, W) (``rconv.avg_pool3d``); ``divisor_override`` as
+    :class:`AvgPool2d`.
 
     Shape
     -----

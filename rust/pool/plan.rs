@@ -391,6 +391,22 @@ pub(super) fn rows_per_task(planes: usize, rows: usize, row_elems: usize, align:
     }
 }
 
+/// What average pooling divides a window's sum by: the window's size (counting the padding in it
+/// or not, PyTorch's `count_include_pad`), or PyTorch's `divisor_override` for every window.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Divide {
+    pub count_include_pad: bool,
+    pub divisor_override: Option<i64>,
+}
+
+impl Divide {
+    /// The fixed divisor, if `divisor_override` gives one.
+    #[inline]
+    pub fn fixed<T: Real>(&self) -> Option<T> {
+        self.divisor_override.map(|d| T::from_i64(d).expect("an int converts to a float"))
+    }
+}
+
 /// Average pooling's divisor `zy * x` (`zy` the exact product of the z and y counts) as a float,
 /// rounded once from the exact product. The counts of a window clipped to a padding of half a
 /// huge kernel can each be near `usize::MAX`, where a saturating `usize` product was wrong by

@@ -6,6 +6,7 @@
 use super::*;
 use crate::element::Real;
 use ndarray::{ArrayD, IxDyn};
+use super::plan::Divide;
 
 trait Bits: Real {
     fn bits(self) -> u64;
@@ -182,7 +183,7 @@ fn random_cases(max_kinds: bool) -> Vec<Case> {
 }
 
 fn p(kernel: Vec<usize>, stride: Vec<usize>, padding: Vec<usize>, dilation: Vec<usize>, ceil_mode: bool) -> PoolParams {
-    PoolParams { kernel, stride, padding, dilation, ceil_mode }
+    PoolParams { kernel, stride, padding, dilation, ceil_mode, divisor_override: None }
 }
 
 fn generic_max<T: Real>(x: &ArrayD<T>, params: &PoolParams) -> (Vec<T>, Vec<i64>) {
@@ -242,19 +243,21 @@ fn max_pool_matches_the_definition_f64() {
 fn check_avg<T: Bits>(special: bool) {
     let mut rng = Rng(11);
     for case in cases(false) {
-        for cip in [true, false] {
+        for (cip, over) in [(true, None), (false, None), (true, Some(3)), (false, Some(-7))] {
             let x = values::<T>(&case.shape, &mut rng, special);
-            let what = format!("{case:?} count_include_pad={cip}");
-            let geo = case.params.geometry(x.shape()).unwrap();
+            let what = format!("{case:?} count_include_pad={cip} divisor_override={over:?}");
+            let params = PoolParams { divisor_override: over, ..case.params.clone() };
+            let geo = params.geometry(x.shape()).unwrap();
+            let div = Divide { count_include_pad: cip, divisor_override: over };
             let mut want = vec![T::zero(); geo.n * geo.c * geo.output_len()];
-            windows::avg_forward(&geo, x.as_slice().unwrap(), &mut want, cip);
-            let got = avg_pool_forward(x.view(), &case.params, cip).unwrap();
+            windows::avg_forward(&geo, x.as_slice().unwrap(), &mut want, div);
+            let got = avg_pool_forward(x.view(), &params, cip).unwrap();
             assert_same_or_nan(got.as_slice().unwrap(), &want, &what);
 
             let dy = values::<T>(got.shape(), &mut rng, special);
             let mut want_dx = vec![T::zero(); x.len()];
-            windows::avg_backward(&geo, dy.as_slice().unwrap(), &mut want_dx, cip);
-            let dx = avg_pool_backward(dy.view(), x.view(), &case.params, cip).unwrap();
+            windows::avg_backward(&geo, dy.as_slice().unwrap(), &mut want_dx, div);
+            let dx = avg_pool_backward(dy.view(), x.view(), &params, cip).unwrap();
             assert_same_or_nan(dx.as_slice().unwrap(), &want_dx, &what);
         }
     }
@@ -554,10 +557,10 @@ fn huge_kernels_and_strides_take_the_generic_loops() {
         assert_same_or_nan(dx.as_slice().unwrap(), &generic_max_backward(dy.as_slice().unwrap(), &x, &params), "huge max backward");
         for cip in [true, false] {
             let mut want = vec![0.0f32; y.len()];
-            windows::avg_forward(&geo, x.as_slice().unwrap(), &mut want, cip);
+            windows::avg_forward(&geo, x.as_slice().unwrap(), &mut want, Divide { count_include_pad: cip, divisor_override: None });
             assert_same(avg_pool_forward(x.view(), &params, cip).unwrap().as_slice().unwrap(), &want, "huge avg");
             let mut want_dx = vec![0.0f32; x.len()];
-            windows::avg_backward(&geo, dy.as_slice().unwrap(), &mut want_dx, cip);
+            windows::avg_backward(&geo, dy.as_slice().unwrap(), &mut want_dx, Divide { count_include_pad: cip, divisor_override: None });
             assert_same(avg_pool_backward(dy.view(), x.view(), &params, cip).unwrap().as_slice().unwrap(), &want_dx, "huge avg backward");
         }
     }
@@ -591,6 +594,29 @@ fn avg_pool_divisors() {
     // Corner window covers 1 input element and 3 padding zeros.
     assert_eq!(avg_pool_forward(x.view(), &p, true).unwrap()[[0, 0, 0, 0]], 0.25);
     assert_eq!(avg_pool_forward(x.view(), &p, false).unwrap()[[0, 0, 0, 0]], 1.0);
+}
+
+#[test]
+fn divisor_override_replaces_every_divisor() {
+    let x = ArrayD::<f64>::ones(IxDyn(&[1, 1, 3, 3]));
+    let mut p = PoolParams::new(vec![2, 2]);
+    p.padding = vec![1, 1];
+    // The 2x2 windows (stride 2) hold 1, 2, 2 and 4 ones, whatever count_include_pad says.
+    for cip in [true, false] {
+        p.divisor_override = Some(-4);
+        let y = avg_pool_forward(x.view(), &p, cip).unwrap();
+        assert_eq!(y.as_slice().unwrap(), &[-0.25, -0.5, -0.5, -1.0]);
+        p.divisor_override = Some(2);
+        let dx = avg_pool_backward(ArrayD::ones(y.raw_dim()).view(), x.view(), &p, cip).unwrap();
+        assert!(dx.iter().all(|&g| g == 0.5), "each input is in one window: {dx:?}");
+    }
+    p.divisor_override = Some(0);
+    assert_eq!(avg_pool_forward(x.view(), &p, true).unwrap_err().arg(), "divisor_override");
+    let dy = ArrayD::<f64>::ones(IxDyn(&[1, 1, 2, 2]));
+    assert_eq!(avg_pool_backward(dy.view(), x.view(), &p, true).unwrap_err().arg(), "divisor_override");
+    // A max pool has no divisor: an override there is a mistake, not ignored.
+    p.divisor_override = Some(3);
+    assert_eq!(max_pool_forward(x.view(), &p).unwrap_err().arg(), "divisor_override");
 }
 
 #[test]
