@@ -145,6 +145,7 @@ def layer(cls, x):
     def call(**kw):
         m = cls(**kw)
         out = m(x)
+        out = out[0] if isinstance(out, tuple) else out  # (values, indices) of a max pool
         m.backward(np.ones_like(out))
         return m
 
@@ -167,7 +168,8 @@ def python_specs(tmp_path):
         conv_legal = {"stride": frozenset({"2**63"}), "bias": BOOLS, "rng": frozenset({"None"})}
         specs[f"Conv{nd}d"] = Spec(layer(getattr(nn, f"Conv{nd}d"), x), dict(in_channels=3, out_channels=4, kernel_size=2), conv_legal)
         pool_legal = {"stride": frozenset({"None", "2**63"}), "ceil_mode": BOOLS}
-        specs[f"MaxPool{nd}d"] = Spec(layer(getattr(nn, f"MaxPool{nd}d"), x), dict(kernel_size=2), pool_legal)
+        specs[f"MaxPool{nd}d"] = Spec(layer(getattr(nn, f"MaxPool{nd}d"), x), dict(kernel_size=2),
+                                      {**pool_legal, "return_indices": BOOLS})
         avg_legal = {**pool_legal, "count_include_pad": BOOLS, "divisor_override": frozenset({"None", "-1"})}
         specs[f"AvgPool{nd}d"] = Spec(layer(getattr(nn, f"AvgPool{nd}d"), x), dict(kernel_size=2), avg_legal)
         specs[f"AdaptiveAvgPool{nd}d"] = Spec(layer(getattr(nn, f"AdaptiveAvgPool{nd}d"), x), dict(output_size=2))

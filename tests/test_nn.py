@@ -518,6 +518,25 @@ def test_avg_pool_layers_take_divisor_override(nd):
         nn.AvgPool1d(2, divisor_override=3)  # PyTorch's AvgPool1d has none
 
 
+def test_max_pool_layers_take_pytorchs_positional_arguments():
+    # torch.nn.MaxPool2d(kernel_size, stride, padding, dilation, return_indices, ceil_mode): the
+    # fifth positional argument is return_indices (it was ceil_mode here, silently).
+    x = np.random.default_rng(3).standard_normal((2, 3, 7, 7)).astype(np.float32)
+    layer = nn.MaxPool2d(3, 2, 1, 1, True)
+    assert layer.return_indices and not layer.ceil_mode
+    out, idx = layer(x)
+    want, want_idx = rconv.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(idx, want_idx)
+    g = np.ones_like(out)
+    np.testing.assert_array_equal(layer.backward(g), rconv.max_pool2d_backward(g, x, 3, stride=2, padding=1))
+    layer.eval()
+    assert isinstance(layer(x), tuple)  # in evaluation mode too, as PyTorch
+    assert nn.MaxPool1d(2, 2, 0, 1, False, True).ceil_mode
+    with pytest.raises(TypeError, match="return_indices"):
+        nn.MaxPool3d(2, return_indices=None)
+
+
 def test_native_errors_pass_through_layers():
     layer = nn.Conv2d(3, 4, 3)
     with pytest.raises(ValueError):

@@ -551,13 +551,17 @@ class Conv3d(_ConvNd):
 class _MaxPoolNd(Module):
     _dims = 0
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False):
+    # PyTorch's order: return_indices comes before ceil_mode, so that positional arguments mean
+    # the same as in torch.nn.MaxPool2d(kernel_size, stride, padding, dilation, return_indices, ceil_mode).
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
+                 ceil_mode: bool = False):
         super().__init__()
         n = self._dims
         self.kernel_size = _ntuple("kernel_size", kernel_size, n, 1)
         self.stride = self.kernel_size if stride is None else _ntuple("stride", stride, n, 1)
         self.padding = _ntuple("padding", padding, n, 0)
         self.dilation = _ntuple("dilation", dilation, n, 1)
+        self.return_indices = check_bool("return_indices", return_indices)
         self.ceil_mode = check_bool("ceil_mode", ceil_mode)
         self._input: Optional[np.ndarray] = None
         self._indices: Optional[np.ndarray] = None
@@ -573,16 +577,17 @@ class _MaxPoolNd(Module):
             ceil_mode=self.ceil_mode,
         )
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray):
+        """The pooled values, or ``(values, indices)`` with ``return_indices=True`` (as PyTorch)."""
         # In training mode keep the argmax for backward: measured on LeNet-5's first pool, a
         # forward with indices plus a backward from them costs ~60% of a values-only forward
         # plus a backward that finds the maxima again.
-        if self.training:
+        if self.training or self.return_indices:
             out, self._indices = self._forward(x, **self._kwargs(), return_indices=True)
         else:
             out, self._indices = self._forward(x, **self._kwargs()), None
         self._input = x
-        return out
+        return (out, self._indices) if self.return_indices else out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         backward = getattr(F, self._backward_name)
@@ -592,6 +597,7 @@ class _MaxPoolNd(Module):
         return (
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
             f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+            + (", return_indices=True" if self.return_indices else "")
         )
 
 
