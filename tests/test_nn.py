@@ -533,6 +533,10 @@ def test_max_pool_layers_take_pytorchs_positional_arguments():
     layer.eval()
     assert isinstance(layer(x), tuple)  # in evaluation mode too, as PyTorch
     assert nn.MaxPool1d(2, 2, 0, 1, False, True).ceil_mode
+    # last in a Sequential after a ReLU, as in PyTorch: the ReLU runs first, the pair comes out
+    model = nn.Sequential(nn.ReLU(), nn.MaxPool2d(3, 2, 1, 1, True))
+    out, idx = model(x)
+    np.testing.assert_array_equal(out, rconv.max_pool2d(rconv.relu(x), 3, stride=2, padding=1))
     with pytest.raises(TypeError, match="return_indices"):
         nn.MaxPool3d(2, return_indices=None)
 

@@ -988,7 +988,8 @@ class Sequential(Module):
         them after a 2x2 pooling (LeNet-5)."""
         layers = list(self._modules.values())
         for i in range(len(layers) - 1):
-            if type(layers[i]) is ReLU and isinstance(layers[i + 1], _MaxPoolNd):
+            # (not a pool that returns its indices: its output is a tuple, which a ReLU cannot take)
+            if type(layers[i]) is ReLU and isinstance(layers[i + 1], _MaxPoolNd) and not layers[i + 1].return_indices:
                 layers[i], layers[i + 1] = layers[i + 1], layers[i]
         return layers
 
