@@ -279,7 +279,7 @@ METHODS = {
 # Public methods of Module and Sequential left out of the walk, and why.
 METHODS_NOT_WALKED = {
     "forward": "takes the layer's input: the functional API's checks (walked above)",
-    "backward": "takes the gradient: the *_backward functions' checks",
+    "backward": "takes the gradient: the *_backward functions' checks (input_grad: test below)",
     "named_modules": "prefix: a free-form string",
     "named_parameters": "prefix: a free-form string",
     "append": "a Module, as Sequential(*modules)",
@@ -445,3 +445,14 @@ def test_load_names_the_path_of_a_file_it_cannot_read(tmp_path):
         model.load(tmp_path / "junk.npz")
     with pytest.raises(FileNotFoundError, match="path"):
         model.load(tmp_path / "missing")
+
+
+def test_backward_input_grad_is_a_flag():
+    model, x, _ = model_data()
+    conv = nn.Sequential(nn.Conv1d(2, 2, 3))
+    out = conv(x)
+    for m, g in ((model, np.ones((len(x), 3), np.float32)), (conv, np.ones_like(out))):
+        for bad in (None, 0, "no"):
+            with pytest.raises(TypeError, match="input_grad"):
+                m.backward(g, input_grad=bad)
+    assert conv.backward(np.ones_like(out), input_grad=np.False_) is None

@@ -1003,6 +1003,7 @@ class Sequential(Module):
     def backward(self, grad_output: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
         """Backpropagates through the layers in reverse. ``input_grad=False`` (what ``fit``
         uses) lets a first convolution skip the gradient of the model's input: returns None."""
+        input_grad = check_bool("input_grad", input_grad)
         layers = self._order if self._order is not None else list(self._modules.values())
         for i in range(len(layers) - 1, -1, -1):
             m = layers[i]
