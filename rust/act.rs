@@ -23,7 +23,8 @@ pub fn relu<T: Real>(input: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
     Ok(out)
 }
 
-/// ReLU backward: `grad_output` where `input > 0`, else 0. Both of one shape.
+/// ReLU backward: 0 where `input <= 0`, else `grad_output` (PyTorch's rule: a NaN input passes
+/// its gradient through). Both of one shape.
 pub fn relu_backward<T: Real>(grad_output: ArrayViewD<'_, T>, input: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
     check_grad_output(grad_output.shape(), input.shape(), input.shape())?;
     let (g, x) = (standard(grad_output, "grad_output copy")?, standard(input, "input copy")?);
@@ -34,13 +35,14 @@ pub fn relu_backward<T: Real>(grad_output: ArrayViewD<'_, T>, input: ArrayViewD<
     parallel::for_each_chunk(dst, ELEMWISE_CHUNK, len, |i, d| {
         let (g, x) = (&g[i * ELEMWISE_CHUNK..], &x[i * ELEMWISE_CHUNK..]);
         for ((o, &gv), &xv) in d.iter_mut().zip(g).zip(x) {
-            *o = if xv > T::zero() { gv } else { T::zero() };
+            *o = if xv <= T::zero() { T::zero() } else { gv };
         }
     });
     Ok(out)
 }
 
-/// Softmax along `axis` (negative counts from the end). Any shape with at least one dimension.
+/// Softmax along `axis` (negative counts from the end). Any shape; a 0-d input is taken as one
+/// element along axis 0 or -1 (PyTorch's rule), so its softmax is 1 and its log-softmax 0.
 pub fn softmax<T: Real>(input: ArrayViewD<'_, T>, axis: isize) -> Result<ArrayD<T>> {
     normalize_along(input, axis, false)
 }
@@ -52,7 +54,7 @@ pub fn log_softmax<T: Real>(input: ArrayViewD<'_, T>, axis: isize) -> Result<Arr
 
 fn resolve_axis(axis: isize, ndim: usize, shape: &[usize]) -> Result<usize> {
     let resolved = if axis < 0 { axis + ndim as isize } else { axis };
-    if ndim == 0 || resolved < 0 || resolved >= ndim as isize {
+    if resolved < 0 || resolved >= ndim as isize {
         return Err(Error::invalid(
             "axis",
             format!("axis {axis} is out of range for input of shape {}", shape_str(shape)),
@@ -62,6 +64,12 @@ fn resolve_axis(axis: isize, ndim: usize, shape: &[usize]) -> Result<usize> {
 }
 
 fn normalize_along<T: Real>(input: ArrayViewD<'_, T>, axis: isize, log: bool) -> Result<ArrayD<T>> {
+    if input.ndim() == 0 {
+        // A scalar is one element along axis 0 (or -1), as PyTorch wraps dims of 0-d tensors.
+        resolve_axis(axis, 1, input.shape())?;
+        let out = normalize_along(input.insert_axis(Axis(0)), 0, log)?;
+        return Ok(out.index_axis_move(Axis(0), 0));
+    }
     let shape = input.shape().to_vec();
     let axis = resolve_axis(axis, shape.len(), &shape)?;
     let x = standard(input, "input copy")?;
@@ -176,6 +184,21 @@ mod tests {
         let y = relu(x.view()).unwrap();
         assert_eq!(&y.as_slice().unwrap()[..3], &[0.0, 0.0, 2.0]);
         assert!(y[3].is_nan());
+    }
+
+    #[test]
+    fn relu_backward_passes_the_gradient_where_input_is_nan() {
+        let x = ArrayD::from_shape_vec(IxDyn(&[4]), vec![f64::NAN, 0.0, -1.0, 2.0]).unwrap();
+        let g = ArrayD::from_shape_vec(IxDyn(&[4]), vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(relu_backward(g.view(), x.view()).unwrap().as_slice().unwrap(), &[1.0, 0.0, 0.0, 4.0]);
+    }
+
+    #[test]
+    fn softmax_of_a_scalar_is_one() {
+        let x = ndarray::arr0(2.5f32).into_dyn();
+        assert_eq!(softmax(x.view(), -1).unwrap(), ndarray::arr0(1.0f32).into_dyn());
+        assert_eq!(log_softmax(x.view(), 0).unwrap(), ndarray::arr0(0.0f32).into_dyn());
+        assert_eq!(softmax(x.view(), 1).unwrap_err().arg(), "axis");
     }
 
     #[test]

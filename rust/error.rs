@@ -102,6 +102,20 @@ pub(crate) fn check_grad_output(shape: &[usize], expected: &[usize], input: &[us
     }
 }
 
+/// Checks that an array of `shape` can exist: ndarray and NumPy need the product of its non-zero
+/// dimensions to fit `isize`, also when another dimension is 0 (an empty batch, where nothing is
+/// allocated). The error names `arg`, the argument that made the shape so large.
+pub(crate) fn check_shape_fits(shape: &[usize], arg: &'static str) -> Result<()> {
+    let len = shape.iter().filter(|&&d| d != 0).try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    match len {
+        Some(len) if len <= isize::MAX as usize => Ok(()),
+        _ => Err(Error::invalid(
+            arg,
+            format!("{arg} gives an output of shape {}, more elements than an array can hold", shape_str(shape)),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,5 +134,13 @@ mod tests {
         assert_eq!(shape_str(&[]), "()");
         assert_eq!(shape_str(&[5]), "(5,)");
         assert_eq!(shape_str(&[2, 3, 4]), "(2, 3, 4)");
+    }
+
+    #[test]
+    fn shapes_whose_size_overflows_are_refused_also_when_empty() {
+        assert!(check_shape_fits(&[0, 1, 1 << 31, 1 << 31], "x").is_ok());
+        assert_eq!(check_shape_fits(&[0, 1, 1 << 32, 1 << 31], "output_size").unwrap_err().arg(), "output_size");
+        assert!(check_shape_fits(&[3, usize::MAX], "x").is_err());
+        assert!(check_shape_fits(&[], "x").is_ok());
     }
 }

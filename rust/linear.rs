@@ -1,9 +1,9 @@
 //! Fully connected layers: `y = x W^T + b`.
 
 use crate::element::{standard, transpose, zeros, Real, SendPtr};
-use crate::error::{check_grad_output, shape_str, Error, Result};
+use crate::error::{check_grad_output, check_shape_fits, shape_str, Error, Result};
 use crate::parallel;
-use ndarray::{ArrayD, ArrayViewD};
+use ndarray::{ArrayD, ArrayViewD, Axis};
 
 /// Rows of the output per parallel task.
 const ROW_BLOCK: usize = 64;
@@ -41,7 +41,7 @@ fn shapes(input: &[usize], weight: &[usize]) -> Result<(usize, usize, Vec<usize>
     let &[out_f, in_f] = weight else {
         return Err(Error::invalid(
             "weight",
-            format!("weight must have shape (out_features, in_features), got {}", shape_str(weight)),
+            format!("weight must have shape (out_features, in_features) or (in_features,), got {}", shape_str(weight)),
         ));
     };
     if input.last() != Some(&in_f) {
@@ -52,18 +52,45 @@ fn shapes(input: &[usize], weight: &[usize]) -> Result<(usize, usize, Vec<usize>
     }
     let mut out_shape = input.to_vec();
     *out_shape.last_mut().expect("input has a last dimension") = out_f;
+    check_shape_fits(&out_shape, "weight")?;
     Ok((out_f, in_f, out_shape))
+}
+
+/// A weight `(in_features,)` as PyTorch takes it: one output feature whose axis is dropped, so
+/// `input (*, in_features)` gives `(*,)`. Its bias, if any, is 0-d. Returns the weight as
+/// `(1, in_features)` and the bias as `(1,)`.
+#[allow(clippy::type_complexity)]
+fn one_feature<'a, 'b, T>(
+    weight: ArrayViewD<'a, T>,
+    bias: Option<ArrayViewD<'b, T>>,
+) -> Result<(ArrayViewD<'a, T>, Option<ArrayViewD<'b, T>>)> {
+    let bias = match bias {
+        Some(b) if b.ndim() != 0 => {
+            return Err(Error::invalid(
+                "bias",
+                format!("bias must be 0-d (shape ()) with a weight of shape {}, got {}", shape_str(weight.shape()), shape_str(b.shape())),
+            ))
+        }
+        b => b.map(|b| b.insert_axis(Axis(0))),
+    };
+    Ok((weight.insert_axis(Axis(0)), bias))
 }
 
 /// Linear layer forward (PyTorch's `linear`).
 ///
 /// Shapes: `input (*, in_features)`, `weight (out_features, in_features)`, `bias (out_features,)`
-/// -> `(*, out_features)`.
+/// -> `(*, out_features)`; or, as PyTorch, `weight (in_features,)` and a 0-d `bias` -> `(*,)`.
 pub fn linear_forward<T: Real>(
     input: ArrayViewD<'_, T>,
     weight: ArrayViewD<'_, T>,
     bias: Option<ArrayViewD<'_, T>>,
 ) -> Result<ArrayD<T>> {
+    if weight.ndim() == 1 {
+        let (weight, bias) = one_feature(weight, bias)?;
+        let out = linear_forward(input, weight, bias)?;
+        let last = Axis(out.ndim() - 1);
+        return Ok(out.index_axis_move(last, 0));
+    }
     let shape = input.shape().to_vec();
     let (out_f, in_f, out_shape) = shapes(&shape, weight.shape())?;
     if let Some(b) = &bias {
@@ -85,14 +112,16 @@ pub fn linear_forward<T: Real>(
     let (x, w) = (x.as_slice().expect("standard"), w.as_slice().expect("standard"));
     let out_ptr = SendPtr(out.as_mut_ptr());
     let row_blocks = rows.div_ceil(ROW_BLOCK);
-    let cblock = col_block(row_blocks, out_f, rows * in_f * out_f);
+    // Multiply-adds, for the work split only; saturating, as a broadcast input can be huge.
+    let work = rows.saturating_mul(in_f).saturating_mul(out_f);
+    let cblock = col_block(row_blocks, out_f, work);
     let col_blocks = out_f.div_ceil(cblock);
     // Both operands run along in_features, which matrixmultiply packs one element at a time:
     // each task transposes its blocks first (LeNet-5's 64 x 400 x 120 layer: packing was half
     // the time), unless they are too large to copy.
     let transpose_blocks = in_f * (ROW_BLOCK + cblock) <= TRANSPOSE_MAX_ELEMS;
     {
-        parallel::for_each_init(row_blocks * col_blocks, rows * in_f * out_f, || (Vec::new(), Vec::new()), |(xt, wt): &mut (Vec<T>, Vec<T>), item| {
+        parallel::for_each_init(row_blocks * col_blocks, work, || (Vec::new(), Vec::new()), |(xt, wt): &mut (Vec<T>, Vec<T>), item| {
             let (r0, c0) = ((item / col_blocks) * ROW_BLOCK, (item % col_blocks) * cblock);
             let (m, n) = (ROW_BLOCK.min(rows - r0), cblock.min(out_f - c0));
             // SAFETY: task (r, c) writes rows r0..r0+m, columns c0..c0+n of the (rows, out_f)
@@ -126,7 +155,8 @@ pub fn linear_forward<T: Real>(
 }
 
 /// Linear layer backward: `(grad_input (*, in), grad_weight (out, in), grad_bias (out,))` for
-/// `grad_output (*, out)`.
+/// `grad_output (*, out)`; with a weight `(in,)`, `grad_output (*,)` gives `grad_weight (in,)` and a
+/// 0-d `grad_bias`.
 ///
 /// `grad_weight = grad_output^T input` sums over every row; each task owns a block of
 /// `grad_weight` and sums all rows in order, so no partial sums depend on the thread count.
@@ -135,6 +165,17 @@ pub fn linear_backward<T: Real>(
     input: ArrayViewD<'_, T>,
     weight: ArrayViewD<'_, T>,
 ) -> Result<(ArrayD<T>, ArrayD<T>, ArrayD<T>)> {
+    if weight.ndim() == 1 {
+        // grad_output (*,) of a weight (in_features,): the one feature's axis put back.
+        let (w, _) = one_feature::<T>(weight, None)?;
+        let mut expected = input.shape().to_vec();
+        expected.pop();
+        check_grad_output(grad_output.shape(), &expected, input.shape())?;
+        let last = Axis(grad_output.ndim());
+        let g = grad_output.insert_axis(last);
+        let (dx, dw, db) = linear_backward(g, input, w)?;
+        return Ok((dx, dw.index_axis_move(Axis(0), 0), db.index_axis_move(Axis(0), 0)));
+    }
     let shape = input.shape().to_vec();
     let (out_f, in_f, expected) = shapes(&shape, weight.shape())?;
     check_grad_output(grad_output.shape(), &expected, &shape)?;
@@ -142,7 +183,7 @@ pub fn linear_backward<T: Real>(
     let mut grad_input = zeros::<T>(&shape, "grad_input")?;
     let mut grad_weight = zeros::<T>(&[out_f, in_f], "grad_weight")?;
     let mut grad_bias = zeros::<T>(&[out_f], "grad_bias")?;
-    if rows == 0 || out_f == 0 || in_f == 0 {
+    if rows == 0 || out_f == 0 {
         return Ok((grad_input, grad_weight, grad_bias));
     }
     let dy = standard(grad_output, "grad_output copy")?;
@@ -151,8 +192,10 @@ pub fn linear_backward<T: Real>(
     let (dy, x, w) = (dy.as_slice().expect("standard"), x.as_slice().expect("standard"), w.as_slice().expect("standard"));
     let (dx_ptr, dw_ptr) = (SendPtr(grad_input.as_mut_ptr()), SendPtr(grad_weight.as_mut_ptr()));
     let db = grad_bias.as_slice_mut().expect("fresh array");
-    {
-        let work = rows * in_f * out_f;
+    // Without input features grad_input and grad_weight are empty, but grad_bias still sums
+    // grad_output (as PyTorch: linear_backward(ones((3, 2)), zeros((3, 0)), ...) gives [3, 3]).
+    if in_f > 0 {
+        let work = rows.saturating_mul(in_f).saturating_mul(out_f);
         // grad_input (rows, in) = dy (rows, out) x W (out, in), in (row, column) blocks.
         let rb = rows.div_ceil(ROW_BLOCK);
         let cblock = col_block(rb, in_f, work);
@@ -195,10 +238,10 @@ pub fn linear_backward<T: Real>(
                 );
             }
         });
-        parallel::for_each_chunk(db, 1, rows * out_f, |o, d| {
-            d[0] = (0..rows).map(|r| dy[r * out_f + o]).sum();
-        });
     }
+    parallel::for_each_chunk(db, 1, rows * out_f, |o, d| {
+        d[0] = (0..rows).map(|r| dy[r * out_f + o]).sum();
+    });
     Ok((grad_input, grad_weight, grad_bias))
 }
 
@@ -215,6 +258,31 @@ mod tests {
         let y = linear_forward(x.view(), w.view().into_dyn(), Some(b.view().into_dyn())).unwrap();
         assert_eq!(y, arr2(&[[1.5, 1.5, 3.0], [3.5, 3.5, 7.0], [5.5, 5.5, 11.0]]).into_dyn());
         assert_eq!(linear_forward(x.view(), w.t().into_dyn(), None).unwrap_err().arg(), "input");
+    }
+
+    #[test]
+    fn bias_gradient_without_input_features() {
+        let dy = ndarray::Array2::<f64>::ones((3, 2)).into_dyn();
+        let x = ndarray::Array2::<f64>::zeros((3, 0)).into_dyn();
+        let w = ndarray::Array2::<f64>::zeros((2, 0)).into_dyn();
+        let (dx, dw, db) = linear_backward(dy.view(), x.view(), w.view()).unwrap();
+        assert_eq!((dx.shape(), dw.shape()), (&[3, 0][..], &[2, 0][..]));
+        assert_eq!(db, arr1(&[3.0, 3.0]).into_dyn());
+    }
+
+    #[test]
+    fn a_1d_weight_is_one_feature_without_its_axis() {
+        let x = arr2(&[[1.0f64, 2.0], [3.0, 4.0], [5.0, 6.0]]).into_dyn();
+        let w = arr1(&[1.0, -1.0]).into_dyn();
+        let b = ndarray::arr0(0.5).into_dyn();
+        let y = linear_forward(x.view(), w.view(), Some(b.view())).unwrap();
+        assert_eq!(y, arr1(&[-0.5, -0.5, -0.5]).into_dyn());
+        let dy = arr1(&[1.0, 2.0, 3.0]).into_dyn();
+        let (dx, dw, db) = linear_backward(dy.view(), x.view(), w.view()).unwrap();
+        assert_eq!(dx, arr2(&[[1.0, -1.0], [2.0, -2.0], [3.0, -3.0]]).into_dyn());
+        assert_eq!(dw, arr1(&[22.0, 28.0]).into_dyn());
+        assert_eq!(db, ndarray::arr0(6.0).into_dyn());
+        assert_eq!(linear_forward(x.view(), w.view(), Some(arr1(&[0.5]).view().into_dyn())).unwrap_err().arg(), "bias");
     }
 
     /// Blocks past TRANSPOSE_MAX_ELEMS keep their layout (the forward of the 400,000- and

@@ -4,7 +4,7 @@
 //! Internally every operation is 3-D: a 1-D length L is the volume (1, 1, L) and a 2-D image
 //! (H, W) is (1, H, W). Kernels then have one code path for all three ranks.
 
-use crate::error::{shape_str, Error, Result};
+use crate::error::{check_shape_fits, shape_str, Error, Result};
 use std::fmt;
 use std::str::FromStr;
 
@@ -141,13 +141,14 @@ impl ConvParams {
                 ),
             ));
         }
-        if weight[1] * groups != c_in {
+        let expected = weight[1].checked_mul(groups);
+        if expected != Some(c_in) {
             return Err(Error::invalid(
                 "weight",
                 format!(
                     "weight of shape {} expects {} input channels (weight.shape[1] * groups = {} * {groups}), but input of shape {} has {c_in}",
                     shape_str(weight),
-                    weight[1] * groups,
+                    expected.map_or("more".to_string(), |e| e.to_string()),
                     weight[1],
                     shape_str(input)
                 ),
@@ -172,11 +173,11 @@ impl ConvParams {
             Padding::Same => {
                 for d in 0..dims {
                     let out = in_sp[d].div_ceil(self.stride[d]);
-                    let extent = extent(k_sp[d], self.dilation[d]).ok_or_else(|| too_large("weight", weight))?;
+                    let extent = extent(k_sp[d], self.dilation[d]).ok_or_else(|| dilation_too_large(&self.dilation, weight))?;
                     let needed = (out.saturating_sub(1))
                         .checked_mul(self.stride[d])
                         .and_then(|v| v.checked_add(extent))
-                        .ok_or_else(|| too_large("weight", weight))?;
+                        .ok_or_else(|| dilation_too_large(&self.dilation, weight))?;
                     let total = needed.saturating_sub(in_sp[d]);
                     lo[d] = total / 2;
                     hi[d] = total - lo[d];
@@ -208,15 +209,16 @@ impl ConvParams {
             }
         }
         let mut output = vec![0; dims];
+        let mut stride = self.stride.clone();
         for d in 0..dims {
             let padded = in_sp[d]
                 .checked_add(lo[d])
                 .and_then(|v| v.checked_add(hi[d]))
                 .ok_or_else(|| too_large("padding", input))?;
-            let ext = extent(k_sp[d], self.dilation[d]).ok_or_else(|| too_large("weight", weight))?;
+            let ext = extent(k_sp[d], self.dilation[d]).ok_or_else(|| dilation_too_large(&self.dilation, weight))?;
             if ext > padded {
                 let exts: Vec<usize> = (0..dims).map(|i| extent(k_sp[i], self.dilation[i]).unwrap_or(usize::MAX)).collect();
-                let pads: Vec<usize> = (0..dims).map(|i| in_sp[i] + lo[i] + hi[i]).collect();
+                let pads: Vec<usize> = (0..dims).map(|i| in_sp[i].saturating_add(lo[i]).saturating_add(hi[i])).collect();
                 return Err(Error::invalid(
                     "weight",
                     format!(
@@ -229,7 +231,13 @@ impl ConvParams {
                 ));
             }
             output[d] = (padded - ext) / self.stride[d] + 1;
+            // A stride past the padded input leaves one output position, where the stride
+            // multiplies nothing: the kernels get the padded size instead (the same result),
+            // so none of them multiplies or allocates by a stride of up to usize::MAX (a stride
+            // of 2**63 in H made a 3x3 conv2d write out of bounds).
+            stride[d] = stride[d].min(padded);
         }
+        check_shape_fits(&shape_of(n, c_out, &to3(&output, 1), dims), "padding")?;
         Ok(ConvGeometry {
             dims,
             n,
@@ -238,7 +246,7 @@ impl ConvParams {
             groups,
             input: to3(in_sp, 1),
             kernel: to3(k_sp, 1),
-            stride: to3(&self.stride, 1),
+            stride: to3(&stride, 1),
             dilation: to3(&self.dilation, 1),
             pad_lo: to3(&lo, 0),
             pad_hi: to3(&hi, 0),
@@ -257,6 +265,7 @@ pub struct ConvGeometry {
     pub groups: usize,
     pub input: Dims3,
     pub kernel: Dims3,
+    /// At most the padded input size (a larger stride gives one output position, the same).
     pub stride: Dims3,
     pub dilation: Dims3,
     pub pad_lo: Dims3,
@@ -332,13 +341,16 @@ pub struct PoolParams {
     pub padding: Vec<usize>,
     pub dilation: Vec<usize>,
     pub ceil_mode: bool,
+    /// Average pooling only: divide every window's sum by this (PyTorch's `divisor_override`:
+    /// nonzero, negative allowed) instead of by the window's size.
+    pub divisor_override: Option<i64>,
 }
 
 impl PoolParams {
     /// PyTorch's defaults: stride = kernel size, no padding, dilation 1, floor mode.
     pub fn new(kernel: Vec<usize>) -> Self {
         let dims = kernel.len();
-        PoolParams { stride: kernel.clone(), kernel, padding: vec![0; dims], dilation: vec![1; dims], ceil_mode: false }
+        PoolParams { stride: kernel.clone(), kernel, padding: vec![0; dims], dilation: vec![1; dims], ceil_mode: false, divisor_override: None }
     }
 
     pub fn dims(&self) -> usize {
@@ -357,6 +369,9 @@ impl PoolParams {
         check_positive("stride", &self.stride)?;
         check_positive("dilation", &self.dilation)?;
         check_input_rank(input, dims, "pooling")?;
+        if self.divisor_override == Some(0) {
+            return Err(Error::invalid("divisor_override", "divisor_override must not be zero (as in PyTorch)"));
+        }
         for d in 0..dims {
             if self.padding[d] > self.kernel[d] / 2 {
                 return Err(Error::invalid(
@@ -391,6 +406,8 @@ impl PoolParams {
                 }
             }
         }
+        // Each output size is at most the input's plus one (padding <= kernel_size / 2).
+        check_shape_fits(&shape_of(input[0], input[1], &to3(&output, 1), dims), "padding")?;
         Ok(PoolGeometry {
             dims,
             n: input[0],
@@ -466,6 +483,7 @@ pub fn adaptive_geometry(input: &[usize], output_size: &[Option<usize>]) -> Resu
         ));
     }
     let out: Vec<usize> = output_size.iter().zip(in_sp).map(|(o, &i)| o.unwrap_or(i)).collect();
+    check_shape_fits(&shape_of(input[0], input[1], &to3(&out, 1), dims), "output_size")?;
     Ok(PoolGeometry {
         dims,
         n: input[0],
@@ -482,9 +500,12 @@ pub fn adaptive_geometry(input: &[usize], output_size: &[Option<usize>]) -> Resu
 /// The window `[start, end)` of adaptive-pool output `i` of `out` over an input of size `size`.
 #[inline]
 pub fn adaptive_window(i: usize, out: usize, size: usize) -> (usize, usize) {
+    // In u128: `i * size` passes usize::MAX when both are large (an output larger than the
+    // input); the bounds themselves are at most `size`.
+    let (i, out, size) = (i as u128, out as u128, size as u128);
     let start = (i * size) / out;
     let end = ((i + 1) * size).div_ceil(out);
-    (start, end)
+    (start as usize, end as usize)
 }
 
 /// Span of a dilated kernel: `dilation * (k - 1) + 1`.
@@ -494,6 +515,14 @@ fn extent(kernel: usize, dilation: usize) -> Option<usize> {
 
 fn too_large(arg: &'static str, shape: &[usize]) -> Error {
     Error::invalid(arg, format!("{arg} is too large for an input of shape {}", shape_str(shape)))
+}
+
+/// The span of a dilated kernel, `dilation * (k - 1) + 1`, does not fit `usize`.
+fn dilation_too_large(dilation: &[usize], weight: &[usize]) -> Error {
+    Error::invalid(
+        "dilation",
+        format!("dilation {} is too large: the kernel of weight {} would span more than usize::MAX", shape_str(dilation), shape_str(weight)),
+    )
 }
 
 fn check_dims(dims: usize) -> Result<()> {
@@ -589,6 +618,15 @@ mod tests {
     }
 
     #[test]
+    fn strides_past_the_padded_input_reach_the_kernels_clamped() {
+        let g = conv2d(usize::MAX, Padding::Explicit(vec![1, 1]), 1).geometry(&[2, 3, 6, 6], &[4, 3, 3, 3]).unwrap();
+        assert_eq!(g.output_shape(), vec![2, 4, 1, 1]);
+        assert_eq!(g.stride, [1, 8, 8]);
+        let g = conv2d(3, Padding::Valid, 1).geometry(&[2, 3, 7, 7], &[4, 3, 3, 3]).unwrap();
+        assert_eq!((g.output_shape(), g.stride), (vec![2, 4, 2, 2], [1, 3, 3]));
+    }
+
+    #[test]
     fn bad_conv_arguments_name_themselves() {
         let p = conv2d(1, Padding::Valid, 1);
         assert_eq!(p.geometry(&[1, 3, 5], &[1, 3, 3, 3]).unwrap_err().arg(), "input");
@@ -606,6 +644,16 @@ mod tests {
         assert!(r.geometry(&[1, 1, 3, 3], &[1, 1, 3, 3]).is_ok());
         let huge = conv2d(1, Padding::Explicit(vec![usize::MAX / 2, 0]), 1);
         assert!(huge.geometry(&[1, 1, 3, 3], &[1, 1, 3, 3]).is_err());
+        // An empty batch whose output would have more elements than an array can hold.
+        let padded = conv2d(1, Padding::Explicit(vec![1 << 40, 1 << 40]), 1);
+        assert_eq!(padded.geometry(&[0, 1, 3, 3], &[1, 1, 3, 3]).unwrap_err().arg(), "padding");
+        // The kernel's span overflows: the dilation is at fault.
+        assert_eq!(conv2d(1, Padding::Valid, usize::MAX / 2 + 1).geometry(&[1, 1, 3, 3], &[1, 1, 3, 3]).unwrap_err().arg(), "dilation");
+        assert_eq!(conv2d(1, Padding::Same, usize::MAX / 2 + 1).geometry(&[1, 1, 3, 3], &[1, 1, 3, 3]).unwrap_err().arg(), "dilation");
+        // The error message of a kernel larger than the padded input adds up huge paddings
+        // without overflowing.
+        let lopsided = conv2d(1, Padding::Explicit(vec![0, usize::MAX / 2]), 1);
+        assert_eq!(lopsided.geometry(&[1, 1, 1, 3], &[1, 1, 3, 3]).unwrap_err().arg(), "weight");
     }
 
     #[test]

@@ -231,11 +231,12 @@ def max_pool(x, nd, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=F
     return values, indices
 
 
-def avg_pool(x, nd, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+def avg_pool(x, nd, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
     """Average pooling as torch.nn.functional.avg_pool{1,2,3}d, float64.
 
     Divisor with count_include_pad: the window clipped to [-p, in + p) (so padding counts, a
-    ceil_mode overhang beyond the padding does not); without: the in-bounds element count.
+    ceil_mode overhang beyond the padding does not); without: the in-bounds element count;
+    divisor_override, when given, for every window.
     """
     x, unbatched = _batched(x, nd)
     n, c = x.shape[:2]
@@ -256,7 +257,8 @@ def avg_pool(x, nd, kernel_size, stride=None, padding=0, ceil_mode=False, count_
         inside_count = math.prod(hi[i] - lo[i] for i in range(nd))
         window = tuple(slice(lo[i], hi[i]) for i in range(nd))
         total = x[(Ellipsis,) + window].sum(axis=axes)
-        out[(Ellipsis,) + o] = total / (padded_count if count_include_pad else inside_count)
+        divisor = padded_count if count_include_pad else inside_count
+        out[(Ellipsis,) + o] = total / (divisor if divisor_override is None else divisor_override)
     return out[0] if unbatched else out
 
 

@@ -290,7 +290,7 @@ def relu_problem(x, seed):
         diff=("input",),
         forward=lambda input: rconv.relu(input),
         backward=lambda g, input: rconv.relu_backward(g, input),
-        reference=lambda g, input: (g * (input > 0),),
+        reference=lambda g, input: (np.where(input <= 0, 0.0, g),),
         seed=seed,
     )
 
@@ -530,6 +530,18 @@ def test_avg_pool_backward_grid(nd, ceil_mode, count_include_pad):
         check_reference(prob)
 
 
+@pytest.mark.parametrize("nd", [2, 3])
+@pytest.mark.parametrize("divisor_override", [3, -2])
+def test_avg_pool_backward_with_divisor_override(nd, divisor_override):
+    rng = np.random.default_rng(nd + 5 * abs(divisor_override))
+    for size, k, s, p, ceil_mode in [(7, 3, 2, 1, True), (6, 2, 3, 1, False), (5, 3, 1, 0, False)]:
+        x = rng.standard_normal((2, 2) + (size,) * nd)
+        prob = avg_pool_problem(nd, x, size, kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode,
+                                divisor_override=divisor_override)
+        check_finite_differences(prob)
+        check_reference(prob)
+
+
 @pytest.mark.parametrize("nd", [1, 2, 3])
 @pytest.mark.parametrize("ceil_mode", [False, True])
 def test_max_pool_backward_grid(nd, ceil_mode):
@@ -574,14 +586,55 @@ def test_conv_grad_bias_is_sum_of_grad_output(nd, data):
 
 
 def test_relu_backward_at_zero_and_nan():
-    # grad_output * (input > 0): exactly 0 at 0, -0.0 and NaN; passed through for any positive
+    # PyTorch's threshold_backward: 0 where input <= 0, else grad_output. Exactly 0 at 0, -0.0
+    # and the negatives; passed through for any positive and for NaN (NaN <= 0 is false: PyTorch
+    # gives the gradient there, rconv gave 0 before).
     x = np.array([np.nan, 0.0, -0.0, -1.0, 1e-300, 2.0, -np.inf, np.inf])
     g = np.arange(1.0, 9.0)
     for dtype in DTYPES:
         got = rconv.relu_backward(g.astype(dtype), x.astype(dtype))
         assert got.dtype == dtype
-        expected = [0, 0, 0, 0, 5 if dtype == np.float64 else 0, 6, 0, 8]  # 1e-300 is 0 in f32
+        expected = [1, 0, 0, 0, 5 if dtype == np.float64 else 0, 6, 0, 8]  # 1e-300 is 0 in f32
         np.testing.assert_array_equal(got, np.array(expected, dtype=dtype))
+
+
+def test_linear_backward_without_input_features():
+    # PyTorch's own sample: in_features = 0 leaves grad_input and grad_weight empty, but the bias
+    # gradient still sums grad_output over the rows ([3, 3]; it was [0, 0]).
+    for dtype in DTYPES:
+        g = np.ones((3, 2), dtype)
+        gx, gw, gb = rconv.linear_backward(g, np.zeros((3, 0), dtype), np.zeros((2, 0), dtype))
+        assert gx.shape == (3, 0) and gw.shape == (2, 0) and gb.dtype == dtype
+        np.testing.assert_array_equal(gb, [3, 3])
+        g = np.arange(24.0).reshape(2, 3, 4).astype(dtype)
+        _, _, gb = rconv.linear_backward(g, np.zeros((2, 3, 0), dtype), np.zeros((4, 0), dtype))
+        np.testing.assert_array_equal(gb, g.astype(np.float64).sum(axis=(0, 1)))
+
+
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3)])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_linear_with_a_1d_weight(lead, dtype):
+    # PyTorch: weight (in_features,) gives (*,): one output feature, its axis dropped; the bias
+    # is then 0-d. The reference is the (1, in_features) weight's, with the axis removed.
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(lead + (4,)).astype(dtype)
+    w = rng.standard_normal(4).astype(dtype)
+    b = np.array(0.5, dtype)
+    got = rconv.linear(x, w)
+    assert got.shape == lead and got.dtype == dtype
+    assert_close(got, ref.linear(x, w[None])[..., 0], dtype)
+    assert_close(rconv.linear(x, w, b), ref.linear(x, w[None], b[None])[..., 0], dtype)
+    g = rng.standard_normal(lead).astype(dtype)
+    gx, gw, gb = rconv.linear_backward(g, x, w)
+    want = ref_linear_grads(np.asarray(g, np.float64)[..., None], np.asarray(x, np.float64), np.asarray(w, np.float64)[None])
+    assert gx.shape == x.shape and gw.shape == (4,) and gb.shape == ()
+    assert_close(gx, want[0], dtype)
+    assert_close(gw, want[1][0], dtype)
+    assert_close(gb, want[2][0], dtype)
+    with pytest.raises(ValueError, match="bias"):
+        rconv.linear(x, w, np.zeros(1, dtype))
+    with pytest.raises(ValueError, match="grad_output"):
+        rconv.linear_backward(np.zeros(lead + (1,), dtype), x, w)
 
 
 def test_linear_backward_hand():

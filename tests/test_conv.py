@@ -420,3 +420,21 @@ def test_conv_unusual_memory_layouts():
         assert "input" in str(e)
     else:
         assert_close(got.astype(np.float64), ref.conv(x, w), np.float64)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("huge", [2**40, 2**63, 2**64 - 1])
+def test_strides_past_the_padded_input_give_one_position(nd, huge):
+    # A stride larger than the padded input leaves one output position per dimension. A stride
+    # of 2**63 in H made conv2d with a 3x3 kernel write out of bounds (a segfault); the geometry
+    # now hands the kernels the padded size instead, which computes the same.
+    rng = np.random.default_rng(nd)
+    x = rng.standard_normal((2, 3) + (6,) * nd)
+    w = rng.standard_normal((4, 3) + (3,) * nd)
+    conv = getattr(rconv, f"conv{nd}d")
+    for d in range(nd):
+        stride = tuple(huge if i == d else 1 for i in range(nd))
+        got = conv(x, w, stride=stride, padding=1)
+        np.testing.assert_allclose(got, ref.conv(x, w, stride=tuple(8 if i == d else 1 for i in range(nd)), padding=1), rtol=1e-12, atol=1e-12)
+        dx, dw, db = getattr(rconv, f"conv{nd}d_backward")(np.ones_like(got), x, w, stride=stride, padding=1)
+        assert dx.shape == x.shape and dw.shape == w.shape and db.shape == (4,)

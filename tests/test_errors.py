@@ -40,8 +40,6 @@ def test_wrong_ndim_input():
         rconv.avg_pool3d(np.zeros((2, 5, 5), f32), 2)
     with pytest.raises(ValueError, match="input"):
         rconv.adaptive_avg_pool1d(np.zeros((1, 1, 4, 4), f32), 2)
-    with pytest.raises(ValueError, match="input|axis"):
-        rconv.softmax(np.zeros((), f32))
     with pytest.raises(ValueError, match="logits"):
         rconv.cross_entropy(np.zeros((2, 3, 4), f32), np.zeros(2, np.int64))
 
@@ -49,8 +47,11 @@ def test_wrong_ndim_input():
 def test_wrong_ndim_weight():
     with pytest.raises(ValueError, match="weight"):
         rconv.conv2d(x2d(), np.ones((4, 3, 3), f32))
+    # a 1-D weight is PyTorch's (in_features,) (test_backward.py); 0-D and 3-D are not weights
     with pytest.raises(ValueError, match="weight"):
-        rconv.linear(np.zeros((2, 3), f32), np.ones(3, f32))
+        rconv.linear(np.zeros((2, 3), f32), np.ones((), f32))
+    with pytest.raises(ValueError, match="weight"):
+        rconv.linear(np.zeros((2, 3), f32), np.ones((1, 4, 3), f32))
 
 
 def test_channel_mismatch():
@@ -310,3 +311,77 @@ def test_absurd_sizes_raise_instead_of_crashing(name):
     assert "RAISED MemoryError" in proc.stdout or "RAISED ValueError" in proc.stdout, (
         f"stdout: {proc.stdout}\nstderr: {proc.stderr[-2000:]}"
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# more than 32 dimensions (NumPy 2 allows 64): rust-numpy panics making a view of such an array,
+# so every array argument is checked first and refused with a ValueError naming it.
+
+_NDIM = 33
+
+
+def _deep(dtype=f32, fill=1):
+    return np.full((1,) * _NDIM, fill, dtype=dtype)
+
+
+@pytest.mark.skipif(np.lib.NumpyVersion(np.__version__) < "2.0.0", reason="NumPy < 2 caps arrays at 32 dimensions")
+def test_more_than_32_dimensions_name_the_argument():
+    from rconv import nn, optim
+
+    deep = _deep()
+    cases = [
+        ("input", lambda: rconv.relu(deep)),
+        ("input", lambda: rconv.softmax(deep)),
+        ("input", lambda: rconv.log_softmax(deep)),
+        ("input", lambda: rconv.conv2d(deep, w2d(1, 1, 1, 1))),
+        ("weight", lambda: rconv.conv2d(x2d(c=1), deep)),
+        ("bias", lambda: rconv.conv2d(x2d(c=1), w2d(1, 1, 1, 1), bias=deep)),
+        ("input", lambda: rconv.linear(deep, np.ones((1, 1), f32))),
+        ("weight", lambda: rconv.linear(np.ones((1, 1), f32), deep)),
+        ("input", lambda: rconv.max_pool2d(deep, 1)),
+        ("input", lambda: rconv.avg_pool2d(deep, 1)),
+        ("input", lambda: rconv.adaptive_avg_pool2d(deep, 1)),
+        ("grad_output", lambda: rconv.relu_backward(deep, np.ones((1, 1), f32))),
+        ("grad_output", lambda: rconv.max_pool1d_backward(deep, np.ones((1, 1, 2), f32), 2)),
+        ("indices", lambda: rconv.max_pool1d_backward(
+            np.ones((1, 1, 1), f32), np.ones((1, 1, 2), f32), 2, indices=_deep(np.int64, 0))),
+        ("grad_output", lambda: rconv.linear_backward(deep, np.ones((1, 1), f32), np.ones((1, 1), f32))),
+        ("logits", lambda: rconv.cross_entropy(deep, np.zeros(1, np.int64))),
+        ("target", lambda: rconv.cross_entropy(np.ones((1, 2), f32), _deep(np.int64, 0))),
+        ("logits", lambda: rconv.cross_entropy_backward(deep, np.zeros(1, np.int64))),
+    ]
+    p = nn.Parameter(deep)
+    cases.append(("param", lambda: optim.SGD([p], lr=0.1).step()))
+    cases.append(("param", lambda: optim.Adam([p]).step()))
+    for name, call in cases:
+        with pytest.raises(ValueError, match=rf"\b{name}\b.*33 dimensions"):
+            call()
+
+
+# ----------------------------------------------------------------------------------------------
+# shape arithmetic that overflows: an error naming the argument, or the exact answer
+
+
+def test_empty_batch_whose_output_cannot_exist_names_the_argument():
+    # No element to allocate, but no array can have (0, 1, 2**62, 2**62): it was an internal error.
+    with pytest.raises(ValueError, match="output_size"):
+        rconv.adaptive_avg_pool2d(np.ones((0, 1, 4, 4), f32), 2**62)
+    with pytest.raises(ValueError, match="padding"):
+        rconv.conv1d(np.zeros((0, 1, 4), f64), np.ones((1, 1, 3), f64), padding=2**62)
+
+
+def test_huge_average_pool_windows_divide_by_their_true_size():
+    # One window of 2**64 - 1 (half of it padding) over four ones: 4 / (2**64 - 1). The padded
+    # length 4 + 2 * (2**63 - 1) wrapped to 2 and the result was 2.0.
+    k = 2**64 - 1
+    x = np.ones((1, 1, 4))
+    got = rconv.avg_pool1d(x, k, padding=2**63 - 1, stride=k)
+    assert got.shape == (1, 1, 1) and got[0, 0, 0] == 4 / float(k)
+    dx = rconv.avg_pool1d_backward(np.ones((1, 1, 1)), x, k, padding=2**63 - 1, stride=k)
+    assert np.all(dx == 1 / float(k))
+    # 3-D, 2**30 per dimension: the divisor 2**90 saturated at 2**64 (64 / 2**64 = 3.5e-18).
+    k3 = 2**30
+    got = rconv.avg_pool3d(np.ones((1, 1, 4, 4, 4)), k3, padding=k3 // 2, stride=k3)
+    assert got[0, 0, 0, 0, 0] == 64 / float(k3**3)
+    got32 = rconv.avg_pool3d(np.ones((1, 1, 4, 4, 4), f32), k3, padding=k3 // 2, stride=k3)
+    assert got32[0, 0, 0, 0, 0] == np.float32(64 / float(k3**3))

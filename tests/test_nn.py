@@ -471,7 +471,7 @@ def test_dropout():
         (lambda: nn.Conv2d(0, 4, 3), ValueError, "in_channels"),
         (lambda: nn.Conv2d(3, 4.0, 3), TypeError, "out_channels"),
         (lambda: nn.Conv2d(3, 4, 3, dtype=np.int32), TypeError, "dtype"),
-        (lambda: nn.Linear(0, 3), ValueError, "in_features"),
+        (lambda: nn.Linear(-1, 3), ValueError, "in_features"),  # 0 is PyTorch's empty layer
         (lambda: nn.Linear(3, True), TypeError, "out_features"),
         (lambda: nn.MaxPool2d(0), ValueError, "kernel_size"),
         (lambda: nn.AvgPool1d(2, stride=0), ValueError, "stride"),
@@ -482,6 +482,63 @@ def test_dropout():
 def test_bad_layer_arguments(make, exc, name):
     with pytest.raises(exc, match=name):
         make()
+
+
+def test_linear_without_input_features_is_pytorchs_empty_layer():
+    # torch.nn.Linear(0, 3): a (3, 0) weight, a zero bias (bound 0 without fan-in); the output is
+    # the bias, and the bias gradient sums grad_output (linear_backward gave 0 there).
+    layer = nn.Linear(0, 3, rng=np.random.default_rng(0))
+    assert layer.weight.shape == (3, 0) and np.all(layer.bias.data == 0)
+    layer.bias.data[...] = [1.0, 2.0, 3.0]
+    out = layer(np.zeros((4, 0), np.float32))
+    np.testing.assert_array_equal(out, np.tile([1.0, 2.0, 3.0], (4, 1)))
+    g = np.arange(12.0, dtype=np.float32).reshape(4, 3)
+    assert layer.backward(g).shape == (4, 0)
+    np.testing.assert_array_equal(layer.bias.grad, g.astype(np.float64).sum(axis=0))
+    assert nn.Linear(3, 0)(np.ones((2, 3), np.float32)).shape == (2, 0)
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+def test_avg_pool_layers_take_divisor_override(nd):
+    # As torch.nn.AvgPool2d/3d(divisor_override=...): the functional call's result and gradient.
+    x = np.random.default_rng(nd).standard_normal((2, 3) + (5,) * nd).astype(np.float32)
+    layer = getattr(nn, f"AvgPool{nd}d")(3, stride=2, padding=1, divisor_override=4)
+    out = layer(x)
+    f = getattr(rconv, f"avg_pool{nd}d")
+    np.testing.assert_array_equal(out, f(x, 3, stride=2, padding=1, divisor_override=4))
+    g = np.ones_like(out)
+    np.testing.assert_array_equal(
+        layer.backward(g), getattr(rconv, f"avg_pool{nd}d_backward")(g, x, 3, stride=2, padding=1, divisor_override=4))
+    assert "divisor_override=4" in repr(layer)
+    with pytest.raises(ValueError, match="divisor_override"):
+        getattr(nn, f"AvgPool{nd}d")(2, divisor_override=0)
+    with pytest.raises(TypeError, match="divisor_override"):
+        getattr(nn, f"AvgPool{nd}d")(2, divisor_override=2.0)
+    with pytest.raises(TypeError):
+        nn.AvgPool1d(2, divisor_override=3)  # PyTorch's AvgPool1d has none
+
+
+def test_max_pool_layers_take_pytorchs_positional_arguments():
+    # torch.nn.MaxPool2d(kernel_size, stride, padding, dilation, return_indices, ceil_mode): the
+    # fifth positional argument is return_indices (it was ceil_mode here, silently).
+    x = np.random.default_rng(3).standard_normal((2, 3, 7, 7)).astype(np.float32)
+    layer = nn.MaxPool2d(3, 2, 1, 1, True)
+    assert layer.return_indices and not layer.ceil_mode
+    out, idx = layer(x)
+    want, want_idx = rconv.max_pool2d(x, 3, stride=2, padding=1, return_indices=True)
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(idx, want_idx)
+    g = np.ones_like(out)
+    np.testing.assert_array_equal(layer.backward(g), rconv.max_pool2d_backward(g, x, 3, stride=2, padding=1))
+    layer.eval()
+    assert isinstance(layer(x), tuple)  # in evaluation mode too, as PyTorch
+    assert nn.MaxPool1d(2, 2, 0, 1, False, True).ceil_mode
+    # last in a Sequential after a ReLU, as in PyTorch: the ReLU runs first, the pair comes out
+    model = nn.Sequential(nn.ReLU(), nn.MaxPool2d(3, 2, 1, 1, True))
+    out, idx = model(x)
+    np.testing.assert_array_equal(out, rconv.max_pool2d(rconv.relu(x), 3, stride=2, padding=1))
+    with pytest.raises(TypeError, match="return_indices"):
+        nn.MaxPool3d(2, return_indices=None)
 
 
 def test_native_errors_pass_through_layers():

@@ -210,3 +210,20 @@ def test_cross_entropy_hand(dtype):
     assert float(got2) == pytest.approx(500.0, rel=1e-6)
     # a single class: the loss is exactly 0
     assert float(rconv.cross_entropy(np.array([[3.0]], dtype=dtype), np.array([0]))) == 0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_family_of_a_0d_input(dtype):
+    # PyTorch takes a 0-d tensor as one element along dim 0 (or -1): softmax 1, log_softmax 0.
+    x = np.array(3.5, dtype)
+    for axis in (0, -1):
+        got = rconv.softmax(x, axis=axis)
+        assert got.shape == () and got.dtype == dtype and got == 1.0
+        got = rconv.log_softmax(x, axis=axis)
+        assert got.shape == () and got.dtype == dtype and got == 0.0
+    assert np.isnan(rconv.softmax(np.array(np.nan, dtype)))
+    for axis in (1, -2):
+        with pytest.raises(ValueError, match="axis"):
+            rconv.softmax(x, axis=axis)
+        with pytest.raises(ValueError, match="axis"):
+            rconv.log_softmax(x, axis=axis)

@@ -216,7 +216,11 @@ def test_max_pool_infinities(dtype):
 @pytest.mark.parametrize("nd", [1, 2, 3])
 @given(data=st.data())
 def test_avg_pool_matches_reference(nd, data):
-    case = data.draw(pool_cases(nd, "avg"), label="case")
+    check_avg_pool_case(nd, data.draw(pool_cases(nd, "avg"), label="case"))
+
+
+def check_avg_pool_case(nd, case, **extra):
+    """rconv's average pool of a drawn case (and ``extra`` arguments) against the reference."""
     rng = np.random.default_rng(case["seed"])
     x = rng.standard_normal(input_shape(case)).astype(case["dtype"])
     kwargs = dict(
@@ -225,6 +229,7 @@ def test_avg_pool_matches_reference(nd, data):
         padding=case["padding"],
         ceil_mode=case["ceil_mode"],
         count_include_pad=case["count_include_pad"],
+        **extra,
     )
     expected = ref.avg_pool(x, nd, **kwargs)
     got = getattr(rconv, f"avg_pool{nd}d")(with_layout(x, case["layout"], rng), **kwargs)
@@ -385,3 +390,28 @@ def test_pool1d_exhaustive_small_grid():
                             if ok is not True:
                                 failures.append(("avg", size, kw, cip, ok))
     assert not failures, f"{len(failures)} failing cases, first: {failures[:5]}"
+
+
+@pytest.mark.parametrize("nd", [2, 3])
+@given(data=st.data())
+def test_avg_pool_divisor_override_matches_reference(nd, data):
+    # PyTorch's divisor_override: every window's sum divided by it (any nonzero int, negative too),
+    # whatever count_include_pad says.
+    case = data.draw(pool_cases(nd, "avg"), label="case")
+    divisor = data.draw(st.integers(-9, 9).filter(bool), label="divisor_override")
+    check_avg_pool_case(nd, case, divisor_override=divisor)
+
+
+def test_avg_pool_divisor_override_hand_cases():
+    x = np.ones((1, 1, 3, 3))
+    # 2x2 windows, stride 2, padding 1: 1, 2, 2 and 4 ones, each divided by 3
+    got = rconv.avg_pool2d(x, 2, padding=1, divisor_override=3)
+    np.testing.assert_array_equal(got, np.array([[[[1, 2], [2, 4]]]]) / 3)
+    got = rconv.avg_pool3d(np.ones((1, 1, 2, 2, 2)), 2, divisor_override=-2)
+    np.testing.assert_array_equal(got, [[[[[-4.0]]]]])
+    with pytest.raises(ValueError, match="divisor_override"):
+        rconv.avg_pool2d(x, 2, divisor_override=0)
+    with pytest.raises(ValueError, match="divisor_override"):
+        rconv.avg_pool2d_backward(np.ones((1, 1, 1, 1)), x, 2, divisor_override=0)
+    with pytest.raises(TypeError, match="divisor_override"):
+        rconv.avg_pool1d(np.ones((1, 1, 4)), 2, divisor_override=3)  # as PyTorch: 1-D has none

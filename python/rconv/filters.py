@@ -19,9 +19,9 @@ Examples
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ._args import check_array_size, check_dtype, check_float, check_int
 
 __all__ = ["sobel_x", "sobel_y", "laplacian", "gaussian", "as_weight"]
 
@@ -67,6 +67,8 @@ def gaussian(size: int, sigma: float) -> np.ndarray:
 
     Raises
     ------
+    TypeError
+        If ``size`` is not an int or ``sigma`` not a number.
     ValueError
         If ``size`` < 1 or ``sigma`` is not a positive finite number.
 
@@ -76,12 +78,11 @@ def gaussian(size: int, sigma: float) -> np.ndarray:
     >>> k.shape, k.dtype, round(float(k.sum()), 5)
     ((5, 5), dtype('float32'), 1.0)
     """
-    if isinstance(size, bool) or int(size) != size or size < 1:
-        raise ValueError(f"gaussian: size must be an integer >= 1, got {size!r}")
-    size = int(size)
-    sigma = float(sigma)
-    if not (math.isfinite(sigma) and sigma > 0.0):
-        raise ValueError(f"gaussian: sigma must be a positive finite number, got {sigma!r}")
+    size = check_int("size", size, 1)
+    sigma = check_float("sigma", sigma)
+    if sigma == 0.0:
+        raise ValueError("gaussian: sigma must be a positive finite number, got 0.0")
+    check_array_size("size", (size, size), np.float64)
     # Separable: the 2D kernel is the outer product of two normalised 1D kernels, computed in
     # float64 and rounded once at the end.
     offsets = np.arange(size, dtype=np.float64) - (size - 1) / 2.0
@@ -120,15 +121,18 @@ def as_weight(*kernels, dtype=np.float32) -> np.ndarray:
     >>> as_weight(sobel_x, sobel_y, laplacian).shape
     (3, 1, 3, 3)
     """
+    dtype = check_dtype("dtype", dtype)
     if not kernels:
-        raise ValueError("as_weight: give at least one 2D kernel")
+        raise ValueError("as_weight: give at least one 2D kernel (kernels is empty)")
     arrays = [np.asarray(k) for k in kernels]
     for i, a in enumerate(arrays):
+        if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)) or a.dtype == np.bool_:
+            raise TypeError(f"as_weight: kernels[{i}] must hold numbers, got dtype {a.dtype}")
         if a.ndim != 2:
-            raise ValueError(f"as_weight: kernel {i} must be 2D (kh, kw), got shape {a.shape}")
+            raise ValueError(f"as_weight: kernels[{i}] must be 2D (kh, kw), got shape {a.shape}")
         if a.shape != arrays[0].shape:
             raise ValueError(
-                f"as_weight: all kernels must have the same shape; kernel 0 is {arrays[0].shape},"
-                f" kernel {i} is {a.shape}"
+                f"as_weight: all kernels must have the same shape; kernels[0] is {arrays[0].shape},"
+                f" kernels[{i}] is {a.shape}"
             )
     return np.stack(arrays).astype(dtype, copy=False)[:, None, :, :].copy()

@@ -7,6 +7,7 @@ from typing import Optional
 import numpy as np
 
 from . import nn
+from ._args import check_array_size, check_dtype, check_int
 
 __all__ = ["lenet5"]
 
@@ -25,6 +26,8 @@ def lenet5(num_classes: int = 10, *, dtype=np.float32, rng: Optional[np.random.G
     -----
     input (N, 1, 28, 28) -> logits (N, num_classes)
     """
+    num_classes = check_int("num_classes", num_classes, 1)
+    check_array_size("num_classes", (num_classes, 84), check_dtype("dtype", dtype))
     kw = dict(dtype=dtype, rng=rng)
     return nn.Sequential(
         nn.Conv2d(1, 6, 5, padding=2, **kw),

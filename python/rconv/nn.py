@@ -44,6 +44,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 import numpy as np
 
 from . import functional as F
+from ._args import check_array_size, check_bool, check_dtype, check_float, check_int, check_path
 
 __all__ = [
     "manual_seed",
@@ -86,7 +87,12 @@ def manual_seed(seed: Optional[int]) -> np.random.Generator:
     not PyTorch's numbers for the same seed: the generators differ). Returns the new generator.
     """
     global _default_rng
-    _default_rng = np.random.default_rng(seed)
+    if isinstance(seed, (bool, np.bool_)):
+        raise TypeError("seed must be an int >= 0, a sequence of them, or None, got bool")
+    try:
+        _default_rng = np.random.default_rng(seed)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"seed must be an int >= 0, a sequence of them, or None, got {seed!r}: {e}") from None
     return _default_rng
 
 
@@ -112,31 +118,13 @@ def _spawn(rng: np.random.Generator) -> np.random.Generator:
 # argument checks
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _ntuple(name: str, value: Any, n: int, minimum: int) -> Tuple[int, ...]:
     """An int or a sequence of ``n`` ints, each >= minimum, as a tuple of ``n`` ints."""
     if isinstance(value, (tuple, list)):
         if len(value) != n:
             raise ValueError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
-        return tuple(_check_int(name, v, minimum) for v in value)
-    return (_check_int(name, value, minimum),) * n
-
-
-def _check_dtype(dtype: Any) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in _FLOAT_DTYPES:
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
+        return tuple(check_int(name, v, minimum) for v in value)
+    return (check_int(name, value, minimum),) * n
 
 
 def _uniform(rng: np.random.Generator, bound: float, shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -275,10 +263,9 @@ class Module:
 
     def train(self, mode: bool = True) -> "Module":
         """Set training mode (Dropout active) on this module and every submodule; returns self."""
-        if not isinstance(mode, (bool, np.bool_)):
-            raise TypeError(f"mode must be a bool, got {mode!r}")
+        mode = check_bool("mode", mode)
         for m in self.modules():
-            object.__setattr__(m, "training", bool(mode))
+            object.__setattr__(m, "training", mode)
         return self
 
     def eval(self) -> "Module":
@@ -306,6 +293,7 @@ class Module:
         """
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"state_dict must be a mapping of name -> array, got {type(state_dict).__name__}")
+        strict = check_bool("strict", strict)
         own = OrderedDict(self.named_parameters())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict if k not in own]
@@ -345,7 +333,7 @@ class Module:
         ``.npz`` is appended to a path without it (as ``numpy.savez`` does); returns the path
         written. The architecture is not stored: rebuild the same model, then :meth:`load`.
         """
-        path = os.fspath(path)
+        path = check_path("path", path)
         if not path.endswith(".npz"):
             path += ".npz"
         np.savez(path, **self.state_dict())
@@ -357,10 +345,21 @@ class Module:
         ``path`` may omit the ``.npz`` that :meth:`save` appended. Checks as
         :meth:`load_state_dict`; returns self.
         """
-        path = os.fspath(path)
+        path = check_path("path", path)
+        strict = check_bool("strict", strict)
         if not os.path.exists(path) and os.path.exists(path + ".npz"):
             path += ".npz"
-        with np.load(path, allow_pickle=False) as data:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"path {path!r}: no such file (nor {path + '.npz'!r})")
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"path {path!r} is not an .npz file written by save(): {e}") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError(
+                f"path {path!r} holds a single array (.npy), not the .npz archive of named arrays that save() writes"
+            )
+        with data:
             self.load_state_dict({k: data[k] for k in data.files}, strict=strict)
         return self
 
@@ -411,9 +410,9 @@ class _ConvNd(Module):
     ):
         super().__init__()
         n = self._dims
-        self.in_channels = _check_int("in_channels", in_channels, 1)
-        self.out_channels = _check_int("out_channels", out_channels, 1)
-        self.groups = _check_int("groups", groups, 1)
+        self.in_channels = check_int("in_channels", in_channels, 1)
+        self.out_channels = check_int("out_channels", out_channels, 1)
+        self.groups = check_int("groups", groups, 1)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}"
@@ -427,19 +426,23 @@ class _ConvNd(Module):
             self.padding = padding
         else:
             self.padding = _ntuple("padding", padding, n, 0)
+        if not isinstance(padding_mode, str):
+            raise TypeError(f"padding_mode must be one of {_PADDING_MODES}, got {type(padding_mode).__name__}")
         if padding_mode not in _PADDING_MODES:
             raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
         self.padding_mode = padding_mode
-        dt = _check_dtype(dtype)
+        bias = check_bool("bias", bias)
+        dt = check_dtype("dtype", dtype)
         gen = _rng(rng)
+        shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+        check_array_size("in_channels, out_channels and kernel_size", shape, dt)
 
-        fan_in = in_channels // groups * math.prod(self.kernel_size)
+        fan_in = self.in_channels // self.groups * math.prod(self.kernel_size)
         # kaiming_uniform_(a=sqrt(5)): gain = sqrt(2 / (1 + a^2)), bound = gain * sqrt(3 / fan_in)
         bound = math.sqrt(2.0 / (1.0 + 5.0)) * math.sqrt(3.0 / fan_in)
-        shape = (out_channels, in_channels // groups, *self.kernel_size)
         self.weight = Parameter(_uniform(gen, bound, shape, dt))
         if bias:
-            self.bias = Parameter(_uniform(gen, 1.0 / math.sqrt(fan_in), (out_channels,), dt))
+            self.bias = Parameter(_uniform(gen, 1.0 / math.sqrt(fan_in), (self.out_channels,), dt))
         else:
             self.bias = None
         self._input: Optional[np.ndarray] = None
@@ -548,14 +551,18 @@ class Conv3d(_ConvNd):
 class _MaxPoolNd(Module):
     _dims = 0
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False):
+    # PyTorch's order: return_indices comes before ceil_mode, so that positional arguments mean
+    # the same as in torch.nn.MaxPool2d(kernel_size, stride, padding, dilation, return_indices, ceil_mode).
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
+                 ceil_mode: bool = False):
         super().__init__()
         n = self._dims
         self.kernel_size = _ntuple("kernel_size", kernel_size, n, 1)
         self.stride = self.kernel_size if stride is None else _ntuple("stride", stride, n, 1)
         self.padding = _ntuple("padding", padding, n, 0)
         self.dilation = _ntuple("dilation", dilation, n, 1)
-        self.ceil_mode = bool(ceil_mode)
+        self.return_indices = check_bool("return_indices", return_indices)
+        self.ceil_mode = check_bool("ceil_mode", ceil_mode)
         self._input: Optional[np.ndarray] = None
         self._indices: Optional[np.ndarray] = None
         self._forward = getattr(F, f"max_pool{n}d")
@@ -570,16 +577,17 @@ class _MaxPoolNd(Module):
             ceil_mode=self.ceil_mode,
         )
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
+    def forward(self, x: np.ndarray):
+        """The pooled values, or ``(values, indices)`` with ``return_indices=True`` (as PyTorch)."""
         # In training mode keep the argmax for backward: measured on LeNet-5's first pool, a
         # forward with indices plus a backward from them costs ~60% of a values-only forward
         # plus a backward that finds the maxima again.
-        if self.training:
+        if self.training or self.return_indices:
             out, self._indices = self._forward(x, **self._kwargs(), return_indices=True)
         else:
             out, self._indices = self._forward(x, **self._kwargs()), None
         self._input = x
-        return out
+        return (out, self._indices) if self.return_indices else out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         backward = getattr(F, self._backward_name)
@@ -589,6 +597,7 @@ class _MaxPoolNd(Module):
         return (
             f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
             f"dilation={self.dilation}, ceil_mode={self.ceil_mode}"
+            + (", return_indices=True" if self.return_indices else "")
         )
 
 
@@ -628,14 +637,18 @@ class MaxPool3d(_MaxPoolNd):
 class _AvgPoolNd(Module):
     _dims = 0
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True,
+                 divisor_override: Optional[int] = None):
         super().__init__()
         n = self._dims
         self.kernel_size = _ntuple("kernel_size", kernel_size, n, 1)
         self.stride = self.kernel_size if stride is None else _ntuple("stride", stride, n, 1)
         self.padding = _ntuple("padding", padding, n, 0)
-        self.ceil_mode = bool(ceil_mode)
-        self.count_include_pad = bool(count_include_pad)
+        self.ceil_mode = check_bool("ceil_mode", ceil_mode)
+        self.count_include_pad = check_bool("count_include_pad", count_include_pad)
+        if divisor_override is not None and check_int("divisor_override", divisor_override) == 0:
+            raise ValueError("divisor_override must not be zero (as in PyTorch)")
+        self.divisor_override = None if divisor_override is None else int(divisor_override)
         self._input: Optional[np.ndarray] = None
         self._forward = getattr(F, f"avg_pool{n}d")
         self._backward_name = f"avg_pool{n}d_backward"
@@ -647,6 +660,8 @@ class _AvgPoolNd(Module):
             padding=self.padding,
             ceil_mode=self.ceil_mode,
             count_include_pad=self.count_include_pad,
+            # avg_pool1d has no divisor_override (as PyTorch's)
+            **({} if self._dims == 1 else {"divisor_override": self.divisor_override}),
         )
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -658,11 +673,13 @@ class _AvgPoolNd(Module):
         return getattr(F, self._backward_name)(grad_output, _need(self._input, self), **self._kwargs())
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        s = f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return s if self.divisor_override is None else s + f", divisor_override={self.divisor_override}"
 
 
 class AvgPool1d(_AvgPoolNd):
-    """Average pooling over (N, C, L) (``rconv.avg_pool1d``).
+    """Average pooling over (N, C, L) (``rconv.avg_pool1d``). No ``divisor_override``, as
+    PyTorch's AvgPool1d.
 
     Shape
     -----
@@ -671,9 +688,13 @@ class AvgPool1d(_AvgPoolNd):
 
     _dims = 1
 
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False, count_include_pad: bool = True):
+        super().__init__(kernel_size, stride, padding, ceil_mode, count_include_pad)
+
 
 class AvgPool2d(_AvgPoolNd):
-    """Average pooling over (N, C, H, W) (``rconv.avg_pool2d``).
+    """Average pooling over (N, C, H, W) (``rconv.avg_pool2d``); ``divisor_override`` (a nonzero
+    int) replaces every window's divisor, as PyTorch's.
 
     Shape
     -----
@@ -684,7 +705,8 @@ class AvgPool2d(_AvgPoolNd):
 
 
 class AvgPool3d(_AvgPoolNd):
-    """Average pooling over (N, C, D, H, W) (``rconv.avg_pool3d``).
+    """Average pooling over (N, C, D, H, W) (``rconv.avg_pool3d``); ``divisor_override`` as
+    :class:`AvgPool2d`.
 
     Shape
     -----
@@ -703,9 +725,9 @@ class _AdaptiveAvgPoolNd(Module):
         if isinstance(output_size, (tuple, list)):
             if len(output_size) != n:
                 raise ValueError(f"output_size must be an int or a tuple of {n}, got {output_size!r}")
-            self.output_size = tuple(None if v is None else _check_int("output_size", v, 1) for v in output_size)
+            self.output_size = tuple(None if v is None else check_int("output_size", v, 1) for v in output_size)
         else:
-            self.output_size = _check_int("output_size", output_size, 1)
+            self.output_size = check_int("output_size", output_size, 1)
         self._input: Optional[np.ndarray] = None
         self._forward = getattr(F, f"adaptive_avg_pool{n}d")
         self._backward_name = f"adaptive_avg_pool{n}d_backward"
@@ -791,12 +813,8 @@ class Flatten(Module):
 
     def __init__(self, start_dim: int = 1, end_dim: int = -1):
         super().__init__()
-        if isinstance(start_dim, bool) or not isinstance(start_dim, (int, np.integer)):
-            raise TypeError(f"start_dim must be an int, got {start_dim!r}")
-        if isinstance(end_dim, bool) or not isinstance(end_dim, (int, np.integer)):
-            raise TypeError(f"end_dim must be an int, got {end_dim!r}")
-        self.start_dim = int(start_dim)
-        self.end_dim = int(end_dim)
+        self.start_dim = check_int("start_dim", start_dim)
+        self.end_dim = check_int("end_dim", end_dim)
         self._input_shape: Optional[Tuple[int, ...]] = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
@@ -837,11 +855,16 @@ class Linear(Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=np.float32,
                  rng: Optional[np.random.Generator] = None):
         super().__init__()
-        self.in_features = _check_int("in_features", in_features, 1)
-        self.out_features = _check_int("out_features", out_features, 1)
-        dt = _check_dtype(dtype)
+        # 0 is allowed, as in PyTorch: Linear(0, k) gives bias + nothing, and its backward still
+        # sums the bias gradient.
+        self.in_features = check_int("in_features", in_features, 0)
+        self.out_features = check_int("out_features", out_features, 0)
+        bias = check_bool("bias", bias)
+        dt = check_dtype("dtype", dtype)
+        check_array_size("in_features and out_features", (self.out_features, self.in_features), dt)
         gen = _rng(rng)
-        bound = 1.0 / math.sqrt(in_features)  # kaiming_uniform_(a=sqrt(5)), see _ConvNd
+        # kaiming_uniform_(a=sqrt(5)), see _ConvNd; PyTorch's bias bound is 0 without inputs.
+        bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
         self.weight = Parameter(_uniform(gen, bound, (out_features, in_features), dt))
         self.bias = Parameter(_uniform(gen, bound, (out_features,), dt)) if bias else None
         self._input: Optional[np.ndarray] = None
@@ -876,11 +899,10 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, rng: Optional[np.random.Generator] = None):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)):
-            raise TypeError(f"p must be a float in [0, 1], got {p!r}")
-        if not 0.0 <= float(p) <= 1.0:
+        p = check_float("p", p)
+        if p > 1.0:
             raise ValueError(f"p must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = p
         # None: spawned from the default generator at the first training forward, so building
         # a Dropout does not shift the initial weights of the layers built after it.
         self.rng: Optional[np.random.Generator] = None if rng is None else _rng(rng)
@@ -928,9 +950,9 @@ class Sequential(Module):
             items = list(modules[0].items())
         else:
             items = [(str(i), m) for i, m in enumerate(modules)]
-        for name, m in items:
+        for i, (name, m) in enumerate(items):
             if not isinstance(m, Module):
-                raise TypeError(f"Sequential takes Modules, got {type(m).__name__} at position {name}")
+                raise TypeError(f"Sequential takes Modules: modules[{i}] ({name!r}) is a {type(m).__name__}")
             setattr(self, name, m)
         self._input_shape: Optional[Tuple[int, ...]] = None
         self._order: Optional[List[Module]] = None  # the layers as the last forward ran them
@@ -966,7 +988,8 @@ class Sequential(Module):
         them after a 2x2 pooling (LeNet-5)."""
         layers = list(self._modules.values())
         for i in range(len(layers) - 1):
-            if type(layers[i]) is ReLU and isinstance(layers[i + 1], _MaxPoolNd):
+            # (not a pool that returns its indices: its output is a tuple, which a ReLU cannot take)
+            if type(layers[i]) is ReLU and isinstance(layers[i + 1], _MaxPoolNd) and not layers[i + 1].return_indices:
                 layers[i], layers[i + 1] = layers[i + 1], layers[i]
         return layers
 
@@ -980,6 +1003,7 @@ class Sequential(Module):
     def backward(self, grad_output: np.ndarray, input_grad: bool = True) -> Optional[np.ndarray]:
         """Backpropagates through the layers in reverse. ``input_grad=False`` (what ``fit``
         uses) lets a first convolution skip the gradient of the model's input: returns None."""
+        input_grad = check_bool("input_grad", input_grad)
         layers = self._order if self._order is not None else list(self._modules.values())
         for i in range(len(layers) - 1, -1, -1):
             m = layers[i]

@@ -24,19 +24,10 @@ from typing import Iterable, List, Optional, Tuple
 import numpy as np
 
 from . import _rconv
+from ._args import check_bool, check_float
 from .nn import Module, Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam"]
-
-
-def _check_float(name: str, value, minimum: float = 0.0, below: Optional[float] = None) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < minimum or (below is not None and value >= below):
-        bounds = f">= {minimum}" + ("" if below is None else f" and < {below}")
-        raise ValueError(f"{name} must be {bounds}, got {value}")
-    return value
 
 
 class Optimizer:
@@ -95,11 +86,11 @@ class SGD(Optimizer):
     def __init__(self, params: Iterable[Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False, dampening: float = 0.0):
         super().__init__(params)
-        self.lr = _check_float("lr", lr)
-        self.momentum = _check_float("momentum", momentum)
-        self.weight_decay = _check_float("weight_decay", weight_decay)
-        self.dampening = _check_float("dampening", dampening)
-        self.nesterov = bool(nesterov)
+        self.lr = check_float("lr", lr)
+        self.momentum = check_float("momentum", momentum)
+        self.weight_decay = check_float("weight_decay", weight_decay)
+        self.dampening = check_float("dampening", dampening)
+        self.nesterov = check_bool("nesterov", nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening == 0")
         self._buffers: List[Optional[np.ndarray]] = [None] * len(self.params)
@@ -143,12 +134,12 @@ class Adam(Optimizer):
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0):
         super().__init__(params)
-        self.lr = _check_float("lr", lr)
+        self.lr = check_float("lr", lr)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a tuple of two floats, got {betas!r}")
-        self.betas = (_check_float("betas[0]", betas[0], 0.0, 1.0), _check_float("betas[1]", betas[1], 0.0, 1.0))
-        self.eps = _check_float("eps", eps)
-        self.weight_decay = _check_float("weight_decay", weight_decay)
+        self.betas = (check_float("betas[0]", betas[0], 0.0, 1.0), check_float("betas[1]", betas[1], 0.0, 1.0))
+        self.eps = check_float("eps", eps)
+        self.weight_decay = check_float("weight_decay", weight_decay)
         self.t = 0
         self._m = [np.zeros_like(p.data) for p in self.params]
         self._v = [np.zeros_like(p.data) for p in self.params]

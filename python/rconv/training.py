@@ -21,6 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import nn
+from ._args import check_array_size, check_bool, check_float, check_int
 
 __all__ = ["fit", "evaluate", "predict", "summary"]
 
@@ -66,12 +67,24 @@ def _check_y(name: str, y: Any, n: int, x_name: str) -> np.ndarray:
     return y
 
 
+def _check_model(model: Any) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an rconv.nn.Module, got {type(model).__name__}")
+    return model
+
+
 def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
+    return check_int(name, value, 1)
+
+
+def _scheduled_lr(lr_schedule: Callable[[int], float], epoch: int) -> float:
+    """``lr_schedule(epoch)``, checked as the optimisers check ``lr``: a finite number >= 0 (a NaN
+    learning rate turned every parameter into NaN)."""
+    lr = lr_schedule(epoch)
+    try:
+        return check_float("lr", lr)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"lr_schedule({epoch}) returned {lr!r}: {e}") from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,8 +203,7 @@ def fit(
     """
     from .optim import SGD, Optimizer
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an rconv.nn.Module, got {type(model).__name__}")
+    _check_model(model)
     epochs = _check_positive_int("epochs", epochs)
     batch_size = _check_positive_int("batch_size", batch_size)
     x = _check_x("x", x, model)
@@ -209,10 +221,11 @@ def fit(
         raise TypeError(f"optimizer must have step() and zero_grad(), got {type(optimizer).__name__}")
     if lr_schedule is not None and not callable(lr_schedule):
         raise TypeError(f"lr_schedule must be a callable epoch -> lr, got {type(lr_schedule).__name__}")
+    shuffle = check_bool("shuffle", shuffle)
+    progress = check_bool("progress", progress)
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed must be an int or None, got {seed!r}")
-        root = np.random.SeedSequence(int(seed))
+        seed = check_int("seed", seed, 0)
+        root = np.random.SeedSequence(seed)
         shuffle_seq, dropout_seq = root.spawn(2)
         order_rng = np.random.default_rng(shuffle_seq)
         dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
@@ -230,9 +243,9 @@ def fit(
         for epoch in range(1, epochs + 1):
             model.train()
             if lr_schedule is not None:
-                optimizer.lr = float(lr_schedule(epoch - 1))
+                optimizer.lr = _scheduled_lr(lr_schedule, epoch - 1)
             order = order_rng.permutation(n) if shuffle else None
-            bar = _Progress(bool(progress), epoch, epochs, n_batches)
+            bar = _Progress(progress, epoch, epochs, n_batches)
             loss_sum, correct, seen = 0.0, 0, 0
             for idx in _batches(n, batch_size, order):
                 xb, yb = x[idx], y[idx]
@@ -271,6 +284,7 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarra
     -----
     x (N, ...) -> (N, classes)
     """
+    _check_model(model)
     batch_size = _check_positive_int("batch_size", batch_size)
     x = _check_x("x", x, model)
     was_training = model.training
@@ -292,6 +306,7 @@ def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 2
     dict
         ``{"loss": float, "accuracy": float}``
     """
+    _check_model(model)
     batch_size = _check_positive_int("batch_size", batch_size)
     x = _check_x("x", x, model)
     y = _check_y("y", y, len(x), "x")
@@ -325,19 +340,23 @@ def summary(model: nn.Module, input_shape: Optional[Sequence[int]] = None, *, fi
     One zero sample is run through the layers in evaluation mode to find the output shapes
     (this replaces what the layers kept for ``backward``).
     """
+    _check_model(model)
     if input_shape is None:
         seen = getattr(model, "_input_shape", None)
         if seen is None:
             raise ValueError("summary needs input_shape (one sample's shape, e.g. (1, 28, 28)): the model has not run yet")
         input_shape = tuple(seen[1:])
-    if isinstance(input_shape, (int, np.integer)):
+    if isinstance(input_shape, (int, np.integer)) and not isinstance(input_shape, (bool, np.bool_)):
         input_shape = (int(input_shape),)
     try:
         input_shape = tuple(_check_positive_int("input_shape", v) for v in input_shape)
     except TypeError:
         raise TypeError(f"input_shape must be a tuple of ints, got {input_shape!r}") from None
+    if file is not None and not callable(getattr(file, "write", None)):
+        raise TypeError(f"file must be a text stream (with write()) or None, got {type(file).__name__}")
     layers = list(model.named_children()) if isinstance(model, nn.Sequential) else [("", model)]
     dtype = _model_dtype(model) or np.dtype(np.float32)
+    check_array_size("input_shape", (1, *input_shape), dtype)
     rows: List[Tuple[str, str, str, str]] = []
     x = np.zeros((1, *input_shape), dtype=dtype)
     was_training = model.training

@@ -19,6 +19,8 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
+from ._args import check_path
+
 __all__ = ["plot_filters", "plot_feature_maps"]
 
 _INSTALL_HINT = 'rconv.viz needs matplotlib: pip install "rconv[viz]"'
@@ -39,6 +41,19 @@ def _new_figure(figsize: Tuple[float, float], path) -> Any:
     import matplotlib.pyplot as plt
 
     return plt.figure(figsize=figsize, layout="constrained")
+
+
+def _check_plot_args(path, cmap) -> Optional[str]:
+    """``path`` (None or a file path) as a str, and ``cmap`` (None, a name or a Colormap), checked
+    before anything is drawn, each error naming its argument."""
+    if cmap is not None and not isinstance(cmap, str):
+        try:
+            from matplotlib.colors import Colormap
+        except ImportError as e:
+            raise ImportError(_INSTALL_HINT) from e
+        if not isinstance(cmap, Colormap):
+            raise TypeError(f"cmap must be a colour map name, a matplotlib Colormap or None, got {type(cmap).__name__}")
+    return None if path is None else check_path("path", path)
 
 
 def _save(fig, path) -> None:
@@ -106,6 +121,7 @@ def plot_filters(weight_or_layer: Any, path=None, *, reduce: str = "mean", cmap:
     matplotlib.figure.Figure
         K panels (one Axes each) in a near-square grid.
     """
+    path = _check_plot_args(path, cmap)
     if reduce not in ("mean", "first"):
         raise ValueError(f"reduce must be 'mean' or 'first', got {reduce!r}")
     w = _weight_of(weight_or_layer)
@@ -160,6 +176,7 @@ def plot_feature_maps(model: Any, x: np.ndarray, path=None, *, cmap: str = "viri
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an rconv.nn.Module, got {type(model).__name__}")
+    path = _check_plot_args(path, cmap)
     x = _as_single_input(x)
 
     def leaves(m: nn.Module) -> List[Tuple[str, nn.Module]]:

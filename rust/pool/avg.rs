@@ -9,7 +9,7 @@
 //! The backward spreads `grad / divisor` over each window, output rows in order and, within a
 //! row, column taps from last to first so each element still receives its outputs in order.
 
-use super::plan::{for_each_block, row_span, rows_per_task, window_work, RowCache, RowPlan};
+use super::plan::{divisor, for_each_block, row_span, rows_per_task, window_work, Divide, RowCache, RowPlan};
 use super::simd::{level, multiversion};
 use crate::element::Real;
 use crate::params::{adaptive_window, PoolGeometry};
@@ -17,18 +17,18 @@ use crate::params::{adaptive_window, PoolGeometry};
 /// The geometry of an average pool as the row kernels see it.
 pub(super) struct AvgPlan {
     rows: RowPlan,
-    count_include_pad: bool,
+    div: Divide,
     /// Per output column: its factor of the divisor.
     cx: Vec<usize>,
 }
 
 impl AvgPlan {
-    pub fn new(geo: &PoolGeometry, count_include_pad: bool) -> AvgPlan {
+    pub fn new(geo: &PoolGeometry, div: Divide) -> AvgPlan {
         let rows = RowPlan::new(geo);
         let ax = rows.cols.axis;
         let cx = (0..ax.out)
             .map(|o| {
-                if count_include_pad {
+                if div.count_include_pad {
                     ax.padded_len(o)
                 } else {
                     let (lo, hi) = ax.taps(o);
@@ -36,38 +36,43 @@ impl AvgPlan {
                 }
             })
             .collect();
-        AvgPlan { rows, count_include_pad, cx }
+        AvgPlan { rows, div, cx }
     }
 
-    /// The z * y factor of the divisor of output row `(oz, oy)`.
-    fn czy(&self, oz: usize, oy: usize) -> usize {
-        if self.count_include_pad {
-            // Saturating, as the generic loops: huge paddings can overflow the product.
-            self.rows.az.padded_len(oz).saturating_mul(self.rows.ay.padded_len(oy))
+    /// The z * y factor of the divisor of output row `(oz, oy)`, exact.
+    fn czy(&self, oz: usize, oy: usize) -> u128 {
+        let (z, y) = if self.div.count_include_pad {
+            (self.rows.az.padded_len(oz), self.rows.ay.padded_len(oy))
         } else {
             let ((lz, hz), (ly, hy)) = (self.rows.az.taps(oz), self.rows.ay.taps(oy));
-            (hz - lz) * (hy - ly)
-        }
+            (hz - lz, hy - ly)
+        };
+        z as u128 * y as u128
     }
 }
 
-/// The divisors of one output row, as floats, rebuilt only when the row's z * y factor changes.
+/// The divisors of one output row, as floats, rebuilt only when the row's z * y factor changes
+/// (never with `divisor_override`).
 struct Divisors<T> {
-    czy: usize,
+    czy: u128,
     vals: Vec<T>,
+    fixed: bool,
 }
 
 impl<T: Real> Divisors<T> {
-    fn new(wo: usize) -> Self {
-        Divisors { czy: usize::MAX, vals: vec![T::one(); wo] }
+    fn new(wo: usize, div: Divide) -> Self {
+        match div.fixed::<T>() {
+            Some(d) => Divisors { czy: 0, vals: vec![d; wo], fixed: true },
+            None => Divisors { czy: u128::MAX, vals: vec![T::one(); wo], fixed: false },
+        }
     }
 
     #[inline]
-    fn of(&mut self, czy: usize, cx: &[usize]) -> &[T] {
-        if czy != self.czy {
+    fn of(&mut self, czy: u128, cx: &[usize]) -> &[T] {
+        if !self.fixed && czy != self.czy {
             self.czy = czy;
             for (d, &c) in self.vals.iter_mut().zip(cx) {
-                *d = T::from_usize(czy.saturating_mul(c)).expect("window size fits a float");
+                *d = divisor(czy, c);
             }
         }
         &self.vals
@@ -88,7 +93,7 @@ fn forward_rows<T: Real>(plan: &AvgPlan, x: &[T], r0: usize, out: &mut [T]) {
     let (w, wo, cols) = (plan.rows.w, plan.rows.wo, &plan.rows.cols);
     // Cached split rows; their padding positions stay +0.0.
     let mut cache = RowCache::<T>::new(if cols.direct { 0 } else { cols.s * cols.plen }, false, plan.rows.az.rows_mod(), plan.rows.ay.rows_mod());
-    let mut div = Divisors::new(wo);
+    let mut div = Divisors::new(wo, plan.div);
     for (i, acc) in out.chunks_exact_mut(wo).enumerate() {
         let r = r0 + i;
         let (oz, oy) = (r / plan.rows.ho, r % plan.rows.ho);
@@ -123,8 +128,8 @@ fn forward_rows<T: Real>(plan: &AvgPlan, x: &[T], r0: usize, out: &mut [T]) {
 multiversion!(fn forward_task[T: Real][T](plan: &AvgPlan, x: &[T], r0: usize, out: &mut [T]) = forward_rows);
 
 /// Average pooling forward of every plane.
-pub(super) fn forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], count_include_pad: bool) {
-    let plan = AvgPlan::new(geo, count_include_pad);
+pub(super) fn forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], div: Divide) {
+    let plan = AvgPlan::new(geo, div);
     let (in_len, out_len, wo) = (geo.input_len(), geo.output_len(), plan.rows.wo);
     let rpt = plan.rows.forward_rows_per_task(geo.n * geo.c);
     let work = window_work(geo, out.len());
@@ -146,7 +151,7 @@ fn backward_rows<T: Real>(plan: &AvgPlan, dy: &[T], a: usize, dx: &mut [T]) {
     let ((z0, z1), (y0, y1)) = row_span(a, b, plan.rows.h);
     let span = cols.s * cols.plen;
     let mut acc = vec![T::zero(); (b - a) * span];
-    let mut div = Divisors::new(wo);
+    let mut div = Divisors::new(wo, plan.div);
     let mut share = vec![T::zero(); wo];
     for oz in plan.rows.az.touching(z0, z1) {
         for oy in plan.rows.ay.touching(y0, y1) {
@@ -180,8 +185,8 @@ fn backward_rows<T: Real>(plan: &AvgPlan, dy: &[T], a: usize, dx: &mut [T]) {
 multiversion!(fn backward_task[T: Real][T](plan: &AvgPlan, dy: &[T], a: usize, dx: &mut [T]) = backward_rows);
 
 /// Average pooling backward; `dx` must be zero on entry.
-pub(super) fn backward<T: Real>(geo: &PoolGeometry, dy: &[T], dx: &mut [T], count_include_pad: bool) {
-    let plan = AvgPlan::new(geo, count_include_pad);
+pub(super) fn backward<T: Real>(geo: &PoolGeometry, dy: &[T], dx: &mut [T], div: Divide) {
+    let plan = AvgPlan::new(geo, div);
     let (in_len, out_len, w) = (geo.input_len(), geo.output_len(), plan.rows.w);
     let rpt = plan.rows.backward_rows_per_task(geo.n * geo.c);
     let work = window_work(geo, dy.len()).saturating_add(dx.len());

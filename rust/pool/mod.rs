@@ -33,7 +33,7 @@ use ndarray::{ArrayD, ArrayViewD};
 /// PyTorch's `return_indices`. Padding counts as -inf; a NaN in a window makes its output NaN
 /// (the last NaN in scan order, at its position); of equal maxima the first wins.
 pub fn max_pool_forward<T: Real>(input: ArrayViewD<'_, T>, params: &PoolParams) -> Result<(ArrayD<T>, ArrayD<i64>)> {
-    let geo = geometry(input.shape(), params)?;
+    let geo = max_geometry(input.shape(), params)?;
     let mut out = zeros::<T>(&geo.output_shape(), "output")?;
     let mut idx = zeroed::<i64>(out.len(), "indices")?;
     if !out.is_empty() {
@@ -56,7 +56,7 @@ pub fn max_pool_forward<T: Real>(input: ArrayViewD<'_, T>, params: &PoolParams) 
 ///
 /// Shapes: `input (N, C, *in)` -> `(N, C, *out)`.
 pub fn max_pool_forward_values<T: Real>(input: ArrayViewD<'_, T>, params: &PoolParams) -> Result<ArrayD<T>> {
-    let geo = geometry(input.shape(), params)?;
+    let geo = max_geometry(input.shape(), params)?;
     let mut out = zeros::<T>(&geo.output_shape(), "output")?;
     if !out.is_empty() {
         let x = standard(input, "input copy")?;
@@ -75,17 +75,19 @@ pub fn max_pool_forward_values<T: Real>(input: ArrayViewD<'_, T>, params: &PoolP
 ///
 /// Shapes: `input (N, C, *in)` -> `(N, C, *out)`. With `count_include_pad` the divisor counts
 /// the zero padding inside the window (but not a `ceil_mode` overhang past it); without, only
-/// the input elements.
+/// the input elements. `params.divisor_override` (PyTorch's: nonzero, negative allowed as
+/// there) replaces the divisor of every window.
 pub fn avg_pool_forward<T: Real>(input: ArrayViewD<'_, T>, params: &PoolParams, count_include_pad: bool) -> Result<ArrayD<T>> {
+    let div = plan::Divide { count_include_pad, divisor_override: params.divisor_override };
     let geo = geometry(input.shape(), params)?;
     let mut out = zeros::<T>(&geo.output_shape(), "output")?;
     if !out.is_empty() {
         let x = standard(input, "input copy")?;
         let (x, dst) = (x.as_slice().expect("standard layout"), out.as_slice_mut().expect("fresh array"));
         if plan::rows_fit(&geo) {
-            avg::forward(&geo, x, dst, count_include_pad);
+            avg::forward(&geo, x, dst, div);
         } else {
-            windows::avg_forward(&geo, x, dst, count_include_pad);
+            windows::avg_forward(&geo, x, dst, div);
         }
     }
     Ok(out)
@@ -110,7 +112,7 @@ pub fn adaptive_avg_pool_forward<T: Real>(input: ArrayViewD<'_, T>, output_size:
 /// forward picks it (no index array is stored: each task finds the maxima of the windows that
 /// meet its rows and adds the gradients in output order).
 pub fn max_pool_backward<T: Real>(grad_output: ArrayViewD<'_, T>, input: ArrayViewD<'_, T>, params: &PoolParams) -> Result<ArrayD<T>> {
-    let geo = geometry(input.shape(), params)?;
+    let geo = max_geometry(input.shape(), params)?;
     check_grad_output(grad_output.shape(), &geo.output_shape(), &geo.input_shape())?;
     let mut grad_input = zeros::<T>(&geo.input_shape(), "grad_input")?;
     if grad_input.is_empty() {
@@ -143,7 +145,7 @@ pub fn max_pool_backward_indices<T: Real>(
     input_shape: &[usize],
     params: &PoolParams,
 ) -> Result<ArrayD<T>> {
-    let geo = geometry(input_shape, params)?;
+    let geo = max_geometry(input_shape, params)?;
     check_grad_output(grad_output.shape(), &geo.output_shape(), &geo.input_shape())?;
     if indices.shape() != grad_output.shape() {
         return Err(Error::invalid(
@@ -171,13 +173,14 @@ pub fn max_pool_backward_indices<T: Real>(
 }
 
 /// Average pooling backward: each `grad_output` element is spread evenly (by the forward's
-/// divisor) over its window's input positions. Shapes as [`avg_pool_forward`].
+/// divisor) over its window's input positions. Shapes and arguments as [`avg_pool_forward`].
 pub fn avg_pool_backward<T: Real>(
     grad_output: ArrayViewD<'_, T>,
     input: ArrayViewD<'_, T>,
     params: &PoolParams,
     count_include_pad: bool,
 ) -> Result<ArrayD<T>> {
+    let div = plan::Divide { count_include_pad, divisor_override: params.divisor_override };
     let geo = geometry(input.shape(), params)?;
     check_grad_output(grad_output.shape(), &geo.output_shape(), &geo.input_shape())?;
     let mut grad_input = zeros::<T>(&geo.input_shape(), "grad_input")?;
@@ -185,9 +188,9 @@ pub fn avg_pool_backward<T: Real>(
         let dy = standard(grad_output, "grad_output copy")?;
         let (dy, dx) = (dy.as_slice().expect("standard layout"), grad_input.as_slice_mut().expect("fresh array"));
         if plan::rows_fit(&geo) {
-            avg::backward(&geo, dy, dx, count_include_pad);
+            avg::backward(&geo, dy, dx, div);
         } else {
-            windows::avg_backward(&geo, dy, dx, count_include_pad);
+            windows::avg_backward(&geo, dy, dx, div);
         }
     }
     Ok(grad_input)
@@ -214,6 +217,14 @@ pub fn adaptive_avg_pool_backward<T: Real>(grad_output: ArrayViewD<'_, T>, input
         avg::adaptive_backward(&geo, dy.as_slice().expect("standard layout"), grad_input.as_slice_mut().expect("fresh array"));
     }
     Ok(grad_input)
+}
+
+/// The geometry of a max pool, which has no divisor to override.
+fn max_geometry(input: &[usize], params: &PoolParams) -> Result<PoolGeometry> {
+    if let Some(d) = params.divisor_override {
+        return Err(Error::invalid("divisor_override", format!("divisor_override={d} is for average pooling; a max pool has no divisor")));
+    }
+    geometry(input, params)
 }
 
 /// The validated geometry of a strided pool; an input with an empty spatial dimension is an

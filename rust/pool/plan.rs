@@ -69,7 +69,9 @@ impl Axis {
     #[inline]
     pub fn padded_len(&self, o: usize) -> usize {
         let start = o * self.s; // padded coordinates
-        start.saturating_add(self.k).min(self.size + 2 * self.p) - start
+        // `size + 2p` passes usize::MAX with a padding of half a huge kernel (then the window
+        // ends first): saturating, not wrapping. `2p <= k` fits.
+        start.saturating_add(self.k).min(self.size.saturating_add(2 * self.p)) - start
     }
 
     /// How many distinct input positions the windows' taps can take along this axis at once:
@@ -116,8 +118,10 @@ impl Columns {
         let wp = (wo - 1) * s + axis.ext();
         let plen = wp.div_ceil(s);
         let taps = (0..axis.k).map(|kx| ((kx * d) % s, (kx * d) / s)).collect();
-        // Column indices fit i32: callers only build index plans for planes below i32::MAX.
-        let base_col = (0..wo).map(|o| (o * s) as i32 - p as i32).collect();
+        // Column indices fit i32 where they are read: only the max kernels' index plans read
+        // them, for planes below i32::MAX (`max::fits`). Elsewhere (average pooling, wider
+        // planes) they wrap, unread.
+        let base_col = (0..wo).map(|o| ((o * s) as i32).wrapping_sub(p as i32)).collect();
         let first_col = (0..wo)
             .map(|o| {
                 let (lo, hi) = axis.taps(o);
@@ -385,6 +389,38 @@ pub(super) fn rows_per_task(planes: usize, rows: usize, row_elems: usize, align:
     } else {
         (r.div_ceil(align) * align).min(rows)
     }
+}
+
+/// What average pooling divides a window's sum by: the window's size (counting the padding in it
+/// or not, PyTorch's `count_include_pad`), or PyTorch's `divisor_override` for every window.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Divide {
+    pub count_include_pad: bool,
+    pub divisor_override: Option<i64>,
+}
+
+impl Divide {
+    /// The fixed divisor, if `divisor_override` gives one.
+    #[inline]
+    pub fn fixed<T: Real>(&self) -> Option<T> {
+        self.divisor_override.map(|d| T::from_i64(d).expect("an int converts to a float"))
+    }
+}
+
+/// Average pooling's divisor `zy * x` (`zy` the exact product of the z and y counts) as a float,
+/// rounded once from the exact product. The counts of a window clipped to a padding of half a
+/// huge kernel can each be near `usize::MAX`, where a saturating `usize` product was wrong by
+/// orders of magnitude; the exact product fits `u128` unless all three are past 2^42, and
+/// beyond that a float product is within a few ulps.
+#[inline]
+pub(super) fn divisor<T: Real>(zy: u128, x: usize) -> T {
+    match zy.checked_mul(x as u128) {
+        // The common case, as `from_usize` always converted it.
+        Some(n) if n <= u64::MAX as u128 => T::from_u64(n as u64),
+        Some(n) => T::from_u128(n),
+        None => T::from_f64(zy as f64 * x as f64),
+    }
+    .expect("a count converts to a float")
 }
 
 /// Rough element operations of visiting the windows of `outputs` outputs, for the parallel

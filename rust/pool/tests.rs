@@ -6,6 +6,7 @@
 use super::*;
 use crate::element::Real;
 use ndarray::{ArrayD, IxDyn};
+use super::plan::Divide;
 
 trait Bits: Real {
     fn bits(self) -> u64;
@@ -182,7 +183,7 @@ fn random_cases(max_kinds: bool) -> Vec<Case> {
 }
 
 fn p(kernel: Vec<usize>, stride: Vec<usize>, padding: Vec<usize>, dilation: Vec<usize>, ceil_mode: bool) -> PoolParams {
-    PoolParams { kernel, stride, padding, dilation, ceil_mode }
+    PoolParams { kernel, stride, padding, dilation, ceil_mode, divisor_override: None }
 }
 
 fn generic_max<T: Real>(x: &ArrayD<T>, params: &PoolParams) -> (Vec<T>, Vec<i64>) {
@@ -242,19 +243,21 @@ fn max_pool_matches_the_definition_f64() {
 fn check_avg<T: Bits>(special: bool) {
     let mut rng = Rng(11);
     for case in cases(false) {
-        for cip in [true, false] {
+        for (cip, over) in [(true, None), (false, None), (true, Some(3)), (false, Some(-7))] {
             let x = values::<T>(&case.shape, &mut rng, special);
-            let what = format!("{case:?} count_include_pad={cip}");
-            let geo = case.params.geometry(x.shape()).unwrap();
+            let what = format!("{case:?} count_include_pad={cip} divisor_override={over:?}");
+            let params = PoolParams { divisor_override: over, ..case.params.clone() };
+            let geo = params.geometry(x.shape()).unwrap();
+            let div = Divide { count_include_pad: cip, divisor_override: over };
             let mut want = vec![T::zero(); geo.n * geo.c * geo.output_len()];
-            windows::avg_forward(&geo, x.as_slice().unwrap(), &mut want, cip);
-            let got = avg_pool_forward(x.view(), &case.params, cip).unwrap();
+            windows::avg_forward(&geo, x.as_slice().unwrap(), &mut want, div);
+            let got = avg_pool_forward(x.view(), &params, cip).unwrap();
             assert_same_or_nan(got.as_slice().unwrap(), &want, &what);
 
             let dy = values::<T>(got.shape(), &mut rng, special);
             let mut want_dx = vec![T::zero(); x.len()];
-            windows::avg_backward(&geo, dy.as_slice().unwrap(), &mut want_dx, cip);
-            let dx = avg_pool_backward(dy.view(), x.view(), &case.params, cip).unwrap();
+            windows::avg_backward(&geo, dy.as_slice().unwrap(), &mut want_dx, div);
+            let dx = avg_pool_backward(dy.view(), x.view(), &params, cip).unwrap();
             assert_same_or_nan(dx.as_slice().unwrap(), &want_dx, &what);
         }
     }
@@ -554,10 +557,10 @@ fn huge_kernels_and_strides_take_the_generic_loops() {
         assert_same_or_nan(dx.as_slice().unwrap(), &generic_max_backward(dy.as_slice().unwrap(), &x, &params), "huge max backward");
         for cip in [true, false] {
             let mut want = vec![0.0f32; y.len()];
-            windows::avg_forward(&geo, x.as_slice().unwrap(), &mut want, cip);
+            windows::avg_forward(&geo, x.as_slice().unwrap(), &mut want, Divide { count_include_pad: cip, divisor_override: None });
             assert_same(avg_pool_forward(x.view(), &params, cip).unwrap().as_slice().unwrap(), &want, "huge avg");
             let mut want_dx = vec![0.0f32; x.len()];
-            windows::avg_backward(&geo, dy.as_slice().unwrap(), &mut want_dx, cip);
+            windows::avg_backward(&geo, dy.as_slice().unwrap(), &mut want_dx, Divide { count_include_pad: cip, divisor_override: None });
             assert_same(avg_pool_backward(dy.view(), x.view(), &params, cip).unwrap().as_slice().unwrap(), &want_dx, "huge avg backward");
         }
     }
@@ -594,6 +597,29 @@ fn avg_pool_divisors() {
 }
 
 #[test]
+fn divisor_override_replaces_every_divisor() {
+    let x = ArrayD::<f64>::ones(IxDyn(&[1, 1, 3, 3]));
+    let mut p = PoolParams::new(vec![2, 2]);
+    p.padding = vec![1, 1];
+    // The 2x2 windows (stride 2) hold 1, 2, 2 and 4 ones, whatever count_include_pad says.
+    for cip in [true, false] {
+        p.divisor_override = Some(-4);
+        let y = avg_pool_forward(x.view(), &p, cip).unwrap();
+        assert_eq!(y.as_slice().unwrap(), &[-0.25, -0.5, -0.5, -1.0]);
+        p.divisor_override = Some(2);
+        let dx = avg_pool_backward(ArrayD::ones(y.raw_dim()).view(), x.view(), &p, cip).unwrap();
+        assert!(dx.iter().all(|&g| g == 0.5), "each input is in one window: {dx:?}");
+    }
+    p.divisor_override = Some(0);
+    assert_eq!(avg_pool_forward(x.view(), &p, true).unwrap_err().arg(), "divisor_override");
+    let dy = ArrayD::<f64>::ones(IxDyn(&[1, 1, 2, 2]));
+    assert_eq!(avg_pool_backward(dy.view(), x.view(), &p, true).unwrap_err().arg(), "divisor_override");
+    // A max pool has no divisor: an override there is a mistake, not ignored.
+    p.divisor_override = Some(3);
+    assert_eq!(max_pool_forward(x.view(), &p).unwrap_err().arg(), "divisor_override");
+}
+
+#[test]
 fn adaptive_average_of_whole_plane() {
     let x = plane(5, 7);
     let out = adaptive_avg_pool_forward(x.view(), &[Some(1), Some(1)]).unwrap();
@@ -611,4 +637,47 @@ fn non_contiguous_inputs_give_the_same_results() {
     let (b, bi) = max_pool_forward(tv, &params).unwrap();
     assert_same(a.as_slice().unwrap(), b.as_slice().unwrap(), "strided input");
     assert_eq!(ai, bi);
+}
+
+/// The divisor of a window clipped to a padding of half a huge kernel: each count is near
+/// `usize::MAX` (`size + 2p` wrapped before) and their product far past it (it saturated at
+/// 2^64 before). The references are the exact values, rounded once.
+#[test]
+fn huge_windows_divide_by_their_exact_size() {
+    let max = usize::MAX;
+    // 1-D: k = 2^64 - 1 fits the padded input (4 + 2^64 - 2): one window, four ones in it.
+    let x = ArrayD::<f64>::ones(IxDyn(&[1, 1, 4]));
+    let params = p(vec![max], vec![max], vec![max / 2], vec![1], false);
+    let y = avg_pool_forward(x.view(), &params, true).unwrap();
+    assert_eq!(y.as_slice().unwrap(), &[4.0 / 18446744073709551615.0]);
+    let dx = avg_pool_backward(y.view(), x.view(), &params, true).unwrap();
+    assert!(dx.iter().all(|&g| g == y[[0, 0, 0]] / 18446744073709551615.0), "{dx:?}");
+    // 3-D: 2^30 per dimension, 2^90 in all: 64 / 2^90 exactly.
+    let x = ArrayD::<f64>::ones(IxDyn(&[1, 1, 4, 4, 4]));
+    let k = 1usize << 30;
+    let params = p(vec![k; 3], vec![k; 3], vec![k / 2; 3], vec![1; 3], false);
+    let want = 64.0 * 2f64.powi(-90);
+    assert_eq!(avg_pool_forward(x.view(), &params, true).unwrap().as_slice().unwrap(), &[want]);
+    let xf = x.mapv(|v| v as f32);
+    assert_eq!(avg_pool_forward(xf.view(), &params, true).unwrap().as_slice().unwrap(), &[want as f32]);
+    // Three counts of 2^64 - 1: past u128, a float product, 64 / 2^192 (0 in float32, whose
+    // smallest subnormal is 2^-149).
+    let params = p(vec![max; 3], vec![max; 3], vec![max / 2; 3], vec![1; 3], false);
+    assert_eq!(avg_pool_forward(x.view(), &params, true).unwrap().as_slice().unwrap(), &[64.0 * 2f64.powi(-192)]);
+    assert_eq!(avg_pool_forward(xf.view(), &params, true).unwrap().as_slice().unwrap(), &[0.0]);
+    // Without the padding in the divisor, the count is the four (64) input elements.
+    assert_eq!(avg_pool_forward(x.view(), &params, false).unwrap().as_slice().unwrap(), &[1.0]);
+}
+
+/// An output whose element count overflows is an error naming the argument that made it, also
+/// for an empty batch (nothing to allocate, but no array can have that shape).
+#[test]
+fn outputs_too_large_to_exist_are_errors() {
+    let x = ArrayD::<f32>::zeros(IxDyn(&[0, 1, 4, 4]));
+    let huge = 1usize << 62;
+    assert_eq!(adaptive_avg_pool_forward(x.view(), &[Some(huge), Some(huge)]).unwrap_err().arg(), "output_size");
+    let x1 = ArrayD::<f32>::zeros(IxDyn(&[1, 1, 4]));
+    assert_eq!(adaptive_avg_pool_forward(x1.view(), &[Some(1 << 63)]).unwrap_err().arg(), "output_size");
+    // Windows of an output far larger than the input: i * size passes usize::MAX.
+    assert_eq!(crate::params::adaptive_window(huge - 1, huge, 1 << 10), ((1 << 10) - 1, 1 << 10));
 }

@@ -4,7 +4,7 @@
 //! the fallback where the fast kernels do not fit: planes too large for their 32-bit positions,
 //! or kernels, paddings or strides far larger than the input (see `plan::rows_fit`).
 
-use super::plan::{for_each_block, window_work, Axis};
+use super::plan::{divisor, for_each_block, window_work, Axis, Divide};
 use crate::element::Real;
 use crate::params::{PoolGeometry, MAX_DIMS};
 use crate::parallel;
@@ -36,19 +36,22 @@ impl Windows {
     }
 
     /// Calls `f(output position, z taps, y taps, x taps, divisor)` for every output position of
-    /// a plane, in order. The divisor counts the padding when `count_include_pad`.
-    fn each(&self, count_include_pad: bool, mut f: impl FnMut(usize, &[usize], &[usize], &[usize], usize)) {
+    /// a plane, in order. The divisor counts the padding when `count_include_pad`, and is
+    /// `divisor_override` when that is given.
+    fn each<T: Real>(&self, div: Divide, mut f: impl FnMut(usize, &[usize], &[usize], &[usize], T)) {
+        let fixed = div.fixed::<T>();
         let mut o = 0;
         for (zi, zs) in self.taps[0].iter().enumerate() {
             for (yi, ys) in self.taps[1].iter().enumerate() {
                 for (xi, xs) in self.taps[2].iter().enumerate() {
-                    // Saturating: a padding of half a huge kernel can overflow the product.
-                    let count = if count_include_pad {
-                        self.padded_len[0][zi].saturating_mul(self.padded_len[1][yi]).saturating_mul(self.padded_len[2][xi])
+                    // A padding of half a huge kernel makes each count huge: the product is
+                    // exact (`plan::divisor`), not saturated.
+                    let (z, y, x) = if div.count_include_pad {
+                        (self.padded_len[0][zi], self.padded_len[1][yi], self.padded_len[2][xi])
                     } else {
-                        zs.len() * ys.len() * xs.len()
+                        (zs.len(), ys.len(), xs.len())
                     };
-                    f(o, zs, ys, xs, count);
+                    f(o, zs, ys, xs, fixed.unwrap_or_else(|| divisor(z as u128 * y as u128, x)));
                     o += 1;
                 }
             }
@@ -99,13 +102,13 @@ pub(super) fn max_forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], i
 }
 
 /// Average pooling of every plane (sum in scan order, then one division by the divisor).
-pub(super) fn avg_forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], count_include_pad: bool) {
+pub(super) fn avg_forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], div: Divide) {
     let win = Windows::strided(geo);
     let (in_len, out_len) = (geo.input_len(), geo.output_len());
     let [_, h, w] = geo.input;
     parallel::for_each_chunk(out, out_len, window_work(geo, out.len()), |plane, o_plane| {
         let x_plane = &x[plane * in_len..][..in_len];
-        win.each(count_include_pad, |o, zs, ys, xs, count| {
+        win.each(div, |o, zs, ys, xs, divisor: T| {
             let mut sum = T::zero();
             for &z in zs {
                 for &y in ys {
@@ -115,21 +118,21 @@ pub(super) fn avg_forward<T: Real>(geo: &PoolGeometry, x: &[T], out: &mut [T], c
                     }
                 }
             }
-            o_plane[o] = sum / T::from_usize(count).expect("window size fits a float");
+            o_plane[o] = sum / divisor;
         });
     });
 }
 
 /// Average pooling backward: each output's gradient divided by its divisor, added to every
 /// in-bounds position of its window, outputs in order.
-pub(super) fn avg_backward<T: Real>(geo: &PoolGeometry, dy: &[T], dx: &mut [T], count_include_pad: bool) {
+pub(super) fn avg_backward<T: Real>(geo: &PoolGeometry, dy: &[T], dx: &mut [T], div: Divide) {
     let win = Windows::strided(geo);
     let (in_len, out_len) = (geo.input_len(), geo.output_len());
     let [_, h, w] = geo.input;
     parallel::for_each_chunk(dx, in_len, window_work(geo, dy.len()), |plane, dx_plane| {
         let g = &dy[plane * out_len..][..out_len];
-        win.each(count_include_pad, |o, zs, ys, xs, count| {
-            let share = g[o] / T::from_usize(count).expect("window size fits a float");
+        win.each(div, |o, zs, ys, xs, divisor: T| {
+            let share = g[o] / divisor;
             for &z in zs {
                 for &y in ys {
                     let row = &mut dx_plane[(z * h + y) * w..][..w];

@@ -2,11 +2,11 @@
 //! ints, padding, and running a computation with the GIL released.
 
 use crate::element::Real;
-use crate::params::Padding;
+use crate::params::{Padding, PaddingMode};
 use numpy::{Element, PyArrayDescrMethods, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyInt, PyList, PyString, PyTuple};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// A float type rconv computes in and NumPy can hold.
@@ -32,10 +32,30 @@ fn dtype_name(a: &Bound<'_, PyUntypedArray>) -> String {
     a.dtype().str().map(|s| s.to_string()).unwrap_or_else(|_| "?".into())
 }
 
+/// The most dimensions an array argument may have: rust-numpy makes views of at most 32 (NumPy's
+/// own limit before 2.0) and panics past that, so this is checked before any view is made.
+const MAX_NDIM: usize = 32;
+
+/// `obj` as an ndarray, or None when it is not one. Every array argument is looked at through
+/// here before anything else, so one of more than `MAX_NDIM` dimensions is a ValueError naming
+/// `arg`, never a panic.
+pub(crate) fn ndarray<'a, 'py>(obj: &'a Bound<'py, PyAny>, arg: &str) -> PyResult<Option<&'a Bound<'py, PyUntypedArray>>> {
+    let Ok(arr) = obj.cast::<PyUntypedArray>() else {
+        return Ok(None);
+    };
+    if arr.ndim() > MAX_NDIM {
+        return Err(PyValueError::new_err(format!(
+            "{arg} has {} dimensions; rconv takes arrays of at most {MAX_NDIM}",
+            arr.ndim()
+        )));
+    }
+    Ok(Some(arr))
+}
+
 /// The dtype of `obj`, which must be a float32 or float64 ndarray (TypeError otherwise).
 pub(crate) fn kind_of(obj: &Bound<'_, PyAny>, arg: &str) -> PyResult<Kind> {
     let py = obj.py();
-    let Ok(arr) = obj.cast::<PyUntypedArray>() else {
+    let Some(arr) = ndarray(obj, arg)? else {
         return Err(PyTypeError::new_err(format!(
             "{arg} must be a numpy.ndarray of float32 or float64, got {}",
             describe(obj)
@@ -70,6 +90,7 @@ pub(crate) fn expect_kind(obj: &Bound<'_, PyAny>, arg: &str, kind: Kind, first: 
 
 /// A read-only view of an ndarray already checked to be of dtype `T`.
 pub(crate) fn readonly<'py, T: PyReal>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
+    ndarray(obj, arg)?;
     let arr = obj
         .cast::<PyArrayDyn<T>>()
         .map_err(|_| PyTypeError::new_err(format!("{arg} must be a {} array, got {}", T::NAME, describe(obj))))?;
@@ -77,28 +98,92 @@ pub(crate) fn readonly<'py, T: PyReal>(obj: &Bound<'py, PyAny>, arg: &str) -> Py
 }
 
 fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    if obj.is_none() {
+        return "None".into();
+    }
     obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
 }
 
-/// One int argument: a Python int (or NumPy integer), at least `min`.
-fn one_int(obj: &Bound<'_, PyAny>, arg: &str, min: usize) -> PyResult<usize> {
-    if obj.is_instance_of::<PyBool>() {
-        return Err(PyTypeError::new_err(format!("{arg} must be an int, got bool")));
-    }
-    let v: i128 = obj
-        .extract()
-        .map_err(|_| PyTypeError::new_err(format!("{arg} must be an int or a tuple of ints, got {}", type_name(obj))))?;
-    if v < min as i128 {
-        return Err(PyValueError::new_err(format!("{arg} must be at least {min}, got {v}")));
-    }
-    usize::try_from(v).map_err(|_| PyValueError::new_err(format!("{arg} = {v} is too large")))
+/// An optional argument as the caller passed it. Unlike `Option`, a `None` passed explicitly is
+/// a value (`Given(None)`), which the arguments that have no use for None refuse; `Missing` (left
+/// out) takes the default.
+pub(crate) enum Arg<'py> {
+    Missing,
+    Given(Bound<'py, PyAny>),
 }
 
-/// An int or a tuple/list of `dims` ints, each at least `min`; `None` gives `default`.
-pub(crate) fn ints(obj: Option<&Bound<'_, PyAny>>, arg: &str, dims: usize, default: usize, min: usize) -> PyResult<Vec<usize>> {
-    let Some(obj) = obj.filter(|o| !o.is_none()) else {
-        return Ok(vec![default; dims]);
+impl<'a, 'py> FromPyObject<'a, 'py> for Arg<'py> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        Ok(Arg::Given(obj.to_owned()))
+    }
+}
+
+impl<'py> Arg<'py> {
+    /// The value, if one was passed; `None` passed explicitly counts as left out (for the
+    /// arguments whose default is None, such as a pool's stride).
+    pub(crate) fn or_none(&self) -> Option<&Bound<'py, PyAny>> {
+        match self {
+            Arg::Given(v) if !v.is_none() => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// A Python bool or a NumPy bool: refused where an int is expected (as PyTorch does).
+fn is_bool(obj: &Bound<'_, PyAny>) -> bool {
+    if obj.is_instance_of::<PyInt>() {
+        return obj.is_instance_of::<PyBool>();
+    }
+    let ty = obj.get_type();
+    ty.module().is_ok_and(|m| m.to_cow().is_ok_and(|m| m == "numpy"))
+        && ty.name().is_ok_and(|n| n.to_cow().is_ok_and(|n| n == "bool_" || n == "bool"))
+}
+
+/// An int of any size or kind (Python, NumPy) or a bool: what `int_in` judges by value.
+fn is_int_like(obj: &Bound<'_, PyAny>) -> bool {
+    obj.is_instance_of::<PyInt>() || is_bool(obj) || obj.extract::<i128>().is_ok()
+}
+
+/// One int argument in `[min, max]`: a Python int or a NumPy integer, never a bool. An int
+/// outside the range is a ValueError naming `arg` (not Python's OverflowError), anything else a
+/// TypeError naming it.
+pub(crate) fn int_in(obj: &Bound<'_, PyAny>, arg: &str, min: i128, max: i128) -> PyResult<i128> {
+    if is_bool(obj) {
+        return Err(PyTypeError::new_err(format!("{arg} must be an int, got bool")));
+    }
+    let v = match obj.extract::<i128>() {
+        Ok(v) => v,
+        // Past i128: an int still, just far too large (or small).
+        Err(_) if obj.is_instance_of::<PyInt>() => {
+            if obj.lt(0)? {
+                i128::MIN
+            } else {
+                i128::MAX
+            }
+        }
+        Err(_) => return Err(PyTypeError::new_err(format!("{arg} must be an int, got {}", type_name(obj)))),
     };
+    if v < min {
+        let shown = if v == i128::MIN { obj.to_string() } else { v.to_string() };
+        return Err(PyValueError::new_err(format!("{arg} must be at least {min}, got {shown}")));
+    }
+    if v > max {
+        let shown = if v == i128::MAX { obj.to_string() } else { v.to_string() };
+        return Err(PyValueError::new_err(format!("{arg} = {shown} is too large (at most {max})")));
+    }
+    Ok(v)
+}
+
+/// One size-like int argument (a kernel size, stride, padding, ...): at least `min`, at most
+/// `usize::MAX`.
+fn one_int(obj: &Bound<'_, PyAny>, arg: &str, min: usize) -> PyResult<usize> {
+    Ok(int_in(obj, arg, min as i128, usize::MAX as i128)? as usize)
+}
+
+/// An int or a tuple/list of `dims` ints, each at least `min`.
+pub(crate) fn ints(obj: &Bound<'_, PyAny>, arg: &str, dims: usize, min: usize) -> PyResult<Vec<usize>> {
     if obj.is_instance_of::<PyTuple>() || obj.is_instance_of::<PyList>() {
         let items: Vec<Bound<'_, PyAny>> = obj.try_iter()?.collect::<PyResult<_>>()?;
         if items.len() == 1 && dims > 1 {
@@ -113,15 +198,64 @@ pub(crate) fn ints(obj: Option<&Bound<'_, PyAny>>, arg: &str, dims: usize, defau
         }
         return items.iter().map(|i| one_int(i, arg, min)).collect();
     }
+    if !is_int_like(obj) {
+        return Err(PyTypeError::new_err(format!(
+            "{arg} must be an int or a tuple of {dims} ints, got {}",
+            type_name(obj)
+        )));
+    }
     Ok(vec![one_int(obj, arg, min)?; dims])
 }
 
-/// `padding`: an int, a tuple of ints, `"valid"` or `"same"`.
-pub(crate) fn padding(obj: Option<&Bound<'_, PyAny>>, dims: usize) -> PyResult<Padding> {
-    if let Some(s) = obj.and_then(|o| o.cast::<PyString>().ok()) {
-        return Ok(s.to_cow()?.parse::<Padding>()?);
+/// `ints` of an optional argument: `default` in every dimension when left out.
+pub(crate) fn ints_or(obj: &Arg<'_>, arg: &str, dims: usize, default: usize, min: usize) -> PyResult<Vec<usize>> {
+    match obj {
+        Arg::Missing => Ok(vec![default; dims]),
+        Arg::Given(v) => ints(v, arg, dims, min),
     }
-    Ok(Padding::Explicit(ints(obj, "padding", dims, 0, 0)?))
+}
+
+/// `padding`: an int, a tuple of ints, `"valid"` or `"same"`; 0 when left out.
+pub(crate) fn padding(obj: &Arg<'_>, dims: usize) -> PyResult<Padding> {
+    match obj {
+        Arg::Given(v) => match v.cast::<PyString>() {
+            Ok(s) => Ok(s.to_cow()?.parse::<Padding>()?),
+            Err(_) => Ok(Padding::Explicit(ints(v, "padding", dims, 0)?)),
+        },
+        Arg::Missing => Ok(Padding::Explicit(vec![0; dims])),
+    }
+}
+
+/// `padding_mode`: one of the mode strings; "zeros" when left out.
+pub(crate) fn padding_mode(obj: &Arg<'_>) -> PyResult<PaddingMode> {
+    match obj {
+        Arg::Missing => Ok(PaddingMode::Zeros),
+        Arg::Given(v) => match v.cast::<PyString>() {
+            Ok(s) => Ok(s.to_cow()?.parse::<PaddingMode>()?),
+            Err(_) => Err(PyTypeError::new_err(format!(
+                "padding_mode must be 'zeros', 'reflect', 'replicate' or 'circular', got {}",
+                type_name(v)
+            ))),
+        },
+    }
+}
+
+/// A flag: a bool or a NumPy bool (as PyTorch accepts); `default` when left out. Anything else,
+/// None and the ints 0 and 1 included, is a TypeError naming `arg`.
+pub(crate) fn flag(obj: &Arg<'_>, arg: &str, default: bool) -> PyResult<bool> {
+    match obj {
+        Arg::Missing => Ok(default),
+        Arg::Given(v) if is_bool(v) => Ok(v.extract::<bool>()?),
+        Arg::Given(v) => Err(PyTypeError::new_err(format!("{arg} must be a bool, got {}", type_name(v)))),
+    }
+}
+
+/// A positive int argument that is not a size per dimension (`groups`); `default` when left out.
+pub(crate) fn count(obj: &Arg<'_>, arg: &str, default: usize) -> PyResult<usize> {
+    match obj {
+        Arg::Missing => Ok(default),
+        Arg::Given(v) => one_int(v, arg, 1),
+    }
 }
 
 /// `output_size` of an adaptive pool: an int, or a tuple of ints and `None`s.
@@ -135,6 +269,12 @@ pub(crate) fn output_size(obj: &Bound<'_, PyAny>, dims: usize) -> PyResult<Vec<O
             )));
         }
         return items.iter().map(|i| if i.is_none() { Ok(None) } else { one_int(i, "output_size", 1).map(Some) }).collect();
+    }
+    if !is_int_like(obj) {
+        return Err(PyTypeError::new_err(format!(
+            "output_size must be an int or a tuple of {dims} ints (or None), got {}",
+            type_name(obj)
+        )));
     }
     Ok(vec![Some(one_int(obj, "output_size", 1)?); dims])
 }

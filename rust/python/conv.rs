@@ -1,32 +1,27 @@
 //! Bindings of `conv1d/2d/3d`.
 
-use super::args::{dispatch, expect_kind, ints, kind_of, padding, readonly, compute, PyReal};
+use super::args::{compute, count, dispatch, expect_kind, flag, ints_or, kind_of, padding, padding_mode, readonly, Arg, PyReal};
 use super::{add_batch, batch_grad, drop_batch};
 use crate::conv::{conv_backward, conv_backward_weight, conv_forward, Direction, Strategy};
-use crate::params::{ConvParams, PaddingMode};
+use crate::params::ConvParams;
 use numpy::IntoPyArray;
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-#[allow(clippy::too_many_arguments)]
 fn conv_params(
     dims: usize,
-    stride: Option<&Bound<'_, PyAny>>,
-    pad: Option<&Bound<'_, PyAny>>,
-    dilation: Option<&Bound<'_, PyAny>>,
-    groups: i64,
-    padding_mode: &str,
+    stride: &Arg<'_>,
+    pad: &Arg<'_>,
+    dilation: &Arg<'_>,
+    groups: &Arg<'_>,
+    mode: &Arg<'_>,
 ) -> PyResult<ConvParams> {
-    if groups < 1 {
-        return Err(PyValueError::new_err(format!("groups must be at least 1, got {groups}")));
-    }
     Ok(ConvParams {
-        stride: ints(stride, "stride", dims, 1, 1)?,
+        stride: ints_or(stride, "stride", dims, 1, 1)?,
         padding: padding(pad, dims)?,
-        dilation: ints(dilation, "dilation", dims, 1, 1)?,
-        groups: groups as usize,
-        padding_mode: padding_mode.parse::<PaddingMode>()?,
+        dilation: ints_or(dilation, "dilation", dims, 1, 1)?,
+        groups: count(groups, "groups", 1)?,
+        padding_mode: padding_mode(mode)?,
     })
 }
 
@@ -54,11 +49,11 @@ fn conv_nd<'py>(
     input: &Bound<'py, PyAny>,
     weight: &Bound<'py, PyAny>,
     bias: Option<&Bound<'py, PyAny>>,
-    stride: Option<&Bound<'py, PyAny>>,
-    pad: Option<&Bound<'py, PyAny>>,
-    dilation: Option<&Bound<'py, PyAny>>,
-    groups: i64,
-    padding_mode: &str,
+    stride: &Arg<'py>,
+    pad: &Arg<'py>,
+    dilation: &Arg<'py>,
+    groups: &Arg<'py>,
+    padding_mode: &Arg<'py>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let kind = kind_of(input, "input")?;
     expect_kind(weight, "weight", kind, "input")?;
@@ -74,20 +69,20 @@ macro_rules! conv_fn {
     ($name:ident, $dims:literal, $sig:literal) => {
         /// Convolution over a batch of channels-first volumes; see `rconv.functional`.
         #[pyfunction]
-        #[pyo3(signature = (input, weight, bias=None, stride=None, padding=None, dilation=None, groups=1, padding_mode="zeros"), text_signature = $sig)]
+        #[pyo3(signature = (input, weight, bias=None, stride=Arg::Missing, padding=Arg::Missing, dilation=Arg::Missing, groups=Arg::Missing, padding_mode=Arg::Missing), text_signature = $sig)]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $name<'py>(
             py: Python<'py>,
             input: &Bound<'py, PyAny>,
             weight: &Bound<'py, PyAny>,
             bias: Option<&Bound<'py, PyAny>>,
-            stride: Option<&Bound<'py, PyAny>>,
-            padding: Option<&Bound<'py, PyAny>>,
-            dilation: Option<&Bound<'py, PyAny>>,
-            groups: i64,
-            padding_mode: &str,
+            stride: Arg<'py>,
+            padding: Arg<'py>,
+            dilation: Arg<'py>,
+            groups: Arg<'py>,
+            padding_mode: Arg<'py>,
         ) -> PyResult<Bound<'py, PyAny>> {
-            conv_nd(py, $dims, input, weight, bias, stride, padding, dilation, groups, padding_mode)
+            conv_nd(py, $dims, input, weight, bias, &stride, &padding, &dilation, &groups, &padding_mode)
         }
     };
 }
@@ -128,17 +123,18 @@ fn conv_backward_nd<'py>(
     grad_output: &Bound<'py, PyAny>,
     input: &Bound<'py, PyAny>,
     weight: &Bound<'py, PyAny>,
-    stride: Option<&Bound<'py, PyAny>>,
-    pad: Option<&Bound<'py, PyAny>>,
-    dilation: Option<&Bound<'py, PyAny>>,
-    groups: i64,
-    padding_mode: &str,
-    input_grad: bool,
+    stride: &Arg<'py>,
+    pad: &Arg<'py>,
+    dilation: &Arg<'py>,
+    groups: &Arg<'py>,
+    padding_mode: &Arg<'py>,
+    input_grad: &Arg<'py>,
 ) -> PyResult<Bound<'py, PyTuple>> {
     let kind = kind_of(input, "input")?;
     expect_kind(grad_output, "grad_output", kind, "input")?;
     expect_kind(weight, "weight", kind, "input")?;
     let params = conv_params(dims, stride, pad, dilation, groups, padding_mode)?;
+    let input_grad = flag(input_grad, "input_grad", true)?;
     dispatch!(kind, conv_backward_typed(py, dims, grad_output, input, weight, &params, input_grad))
 }
 
@@ -148,7 +144,7 @@ macro_rules! conv_backward_fn {
         /// With `input_grad=False`, grad_input is not computed and is returned as None (a first
         /// layer, whose input needs no gradient, saves that work).
         #[pyfunction]
-        #[pyo3(signature = (grad_output, input, weight, stride=None, padding=None, dilation=None, groups=1, padding_mode="zeros", *, input_grad=true),
+        #[pyo3(signature = (grad_output, input, weight, stride=Arg::Missing, padding=Arg::Missing, dilation=Arg::Missing, groups=Arg::Missing, padding_mode=Arg::Missing, *, input_grad=Arg::Missing),
                text_signature = "(grad_output, input, weight, stride=1, padding=0, dilation=1, groups=1, padding_mode='zeros', *, input_grad=True)")]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $name<'py>(
@@ -156,14 +152,14 @@ macro_rules! conv_backward_fn {
             grad_output: &Bound<'py, PyAny>,
             input: &Bound<'py, PyAny>,
             weight: &Bound<'py, PyAny>,
-            stride: Option<&Bound<'py, PyAny>>,
-            padding: Option<&Bound<'py, PyAny>>,
-            dilation: Option<&Bound<'py, PyAny>>,
-            groups: i64,
-            padding_mode: &str,
-            input_grad: bool,
+            stride: Arg<'py>,
+            padding: Arg<'py>,
+            dilation: Arg<'py>,
+            groups: Arg<'py>,
+            padding_mode: Arg<'py>,
+            input_grad: Arg<'py>,
         ) -> PyResult<Bound<'py, PyTuple>> {
-            conv_backward_nd(py, $dims, grad_output, input, weight, stride, padding, dilation, groups, padding_mode, input_grad)
+            conv_backward_nd(py, $dims, grad_output, input, weight, &stride, &padding, &dilation, &groups, &padding_mode, &input_grad)
         }
     };
 }
@@ -186,20 +182,20 @@ fn _force_conv_strategy(direction: &str, strategy: Option<&str>) -> PyResult<()>
 /// `{direction: [strategy, ...]}`: the strategies that serve each direction of a convolution
 /// of `input_shape` (batched) by `weight_shape` with these arguments, on this CPU.
 #[pyfunction]
-#[pyo3(signature = (input_shape, weight_shape, stride=None, padding=None, dilation=None, groups=1, padding_mode="zeros"))]
+#[pyo3(signature = (input_shape, weight_shape, stride=Arg::Missing, padding=Arg::Missing, dilation=Arg::Missing, groups=Arg::Missing, padding_mode=Arg::Missing))]
 #[allow(clippy::too_many_arguments)]
 fn _conv_strategies<'py>(
     py: Python<'py>,
     input_shape: Vec<usize>,
     weight_shape: Vec<usize>,
-    stride: Option<&Bound<'py, PyAny>>,
-    padding: Option<&Bound<'py, PyAny>>,
-    dilation: Option<&Bound<'py, PyAny>>,
-    groups: i64,
-    padding_mode: &str,
+    stride: Arg<'py>,
+    padding: Arg<'py>,
+    dilation: Arg<'py>,
+    groups: Arg<'py>,
+    padding_mode: Arg<'py>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let dims = weight_shape.len().saturating_sub(2);
-    let params = conv_params(dims, stride, padding, dilation, groups, padding_mode)?;
+    let params = conv_params(dims, &stride, &padding, &dilation, &groups, &padding_mode)?;
     let out = PyDict::new(py);
     for (dir, strategies) in crate::conv::strategies(&input_shape, &weight_shape, &params)? {
         out.set_item(dir.name(), strategies.iter().map(|s| s.name()).collect::<Vec<_>>())?;

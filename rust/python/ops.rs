@@ -1,10 +1,10 @@
 //! Bindings of ReLU, softmax, log-softmax, cross-entropy, linear, and the thread count.
 
-use super::args::{compute, dispatch, expect_kind, kind_of, readonly, PyReal};
+use super::args::{compute, dispatch, expect_kind, int_in, kind_of, ndarray, readonly, Arg, PyReal};
 use crate::act;
 use crate::linear::{linear_backward, linear_forward};
 use crate::parallel;
-use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArray, PyUntypedArrayMethods, PyArrayDescrMethods};
+use numpy::{IntoPyArray, PyArrayDyn, PyArrayMethods, PyUntypedArrayMethods, PyArrayDescrMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -28,23 +28,34 @@ fn softmax_typed<'py, T: PyReal>(py: Python<'py>, input: &Bound<'py, PyAny>, axi
     Ok(out.into_pyarray(py).into_any())
 }
 
+/// `axis` of a softmax: an int (not a bool), -1 when left out. One beyond `isize` is out of
+/// range for any input.
+fn axis_arg(axis: &Arg<'_>) -> PyResult<isize> {
+    match axis {
+        Arg::Missing => Ok(-1),
+        Arg::Given(v) => Ok(int_in(v, "axis", isize::MIN as i128, isize::MAX as i128)? as isize),
+    }
+}
+
 /// Softmax along `axis`.
 #[pyfunction]
-#[pyo3(signature = (input, axis=-1))]
-pub(crate) fn softmax<'py>(py: Python<'py>, input: &Bound<'py, PyAny>, axis: isize) -> PyResult<Bound<'py, PyAny>> {
-    dispatch!(kind_of(input, "input")?, softmax_typed(py, input, axis, false))
+#[pyo3(signature = (input, axis=Arg::Missing), text_signature = "(input, axis=-1)")]
+pub(crate) fn softmax<'py>(py: Python<'py>, input: &Bound<'py, PyAny>, axis: Arg<'py>) -> PyResult<Bound<'py, PyAny>> {
+    let kind = kind_of(input, "input")?;
+    dispatch!(kind, softmax_typed(py, input, axis_arg(&axis)?, false))
 }
 
 /// Log-softmax along `axis`.
 #[pyfunction]
-#[pyo3(signature = (input, axis=-1))]
-pub(crate) fn log_softmax<'py>(py: Python<'py>, input: &Bound<'py, PyAny>, axis: isize) -> PyResult<Bound<'py, PyAny>> {
-    dispatch!(kind_of(input, "input")?, softmax_typed(py, input, axis, true))
+#[pyo3(signature = (input, axis=Arg::Missing), text_signature = "(input, axis=-1)")]
+pub(crate) fn log_softmax<'py>(py: Python<'py>, input: &Bound<'py, PyAny>, axis: Arg<'py>) -> PyResult<Bound<'py, PyAny>> {
+    let kind = kind_of(input, "input")?;
+    dispatch!(kind, softmax_typed(py, input, axis_arg(&axis)?, true))
 }
 
 /// `target` as an int64 array: any integer dtype is accepted, nothing else.
 pub(crate) fn class_indices<'py>(target: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyArrayDyn<i64>>> {
-    let Ok(arr) = target.cast::<PyUntypedArray>() else {
+    let Some(arr) = ndarray(target, "target")? else {
         return Err(PyTypeError::new_err(format!(
             "target must be a numpy.ndarray of integer class indices, got {}",
             target.get_type().name()?
@@ -176,10 +187,9 @@ pub(crate) fn cross_entropy_backward<'py>(py: Python<'py>, logits: &Bound<'py, P
 
 /// Sets the number of threads rconv computes with (at least 1).
 #[pyfunction]
-pub(crate) fn set_num_threads(n: i64) -> PyResult<()> {
-    if n < 1 {
-        return Err(PyValueError::new_err(format!("set_num_threads: n must be at least 1, got {n}")));
-    }
+pub(crate) fn set_num_threads(n: &Bound<'_, PyAny>) -> PyResult<()> {
+    // A C int, as torch.set_num_threads takes.
+    let n = int_in(n, "n", 1, i32::MAX as i128)?;
     Ok(parallel::set_num_threads(n as usize)?)
 }
 

@@ -1,6 +1,6 @@
 //! Bindings of the optimiser updates (`rconv.optim` calls them; private to the package).
 
-use super::args::{compute, dispatch, expect_kind, kind_of, readonly, PyReal};
+use super::args::{compute, dispatch, expect_kind, kind_of, ndarray, readonly, PyReal};
 use crate::optim::{adam_step, sgd_step, Adam, Sgd};
 use numpy::{PyArrayDyn, PyArrayMethods, PyReadwriteArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 /// `obj` as a writeable, C-contiguous array of dtype `T` (the optimiser's parameters and state
 /// are updated in place).
 fn writeable<'py, T: PyReal>(obj: &Bound<'py, PyAny>, arg: &str) -> PyResult<PyReadwriteArrayDyn<'py, T>> {
+    ndarray(obj, arg)?;
     let arr = obj
         .cast::<PyArrayDyn<T>>()
         .map_err(|_| PyTypeError::new_err(format!("{arg} must be a {} array", T::NAME)))?;

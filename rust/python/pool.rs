@@ -1,6 +1,6 @@
 //! Bindings of the max, average and adaptive average pools.
 
-use super::args::{compute, dispatch, expect_kind, ints, kind_of, output_size, readonly, PyReal};
+use super::args::{compute, dispatch, expect_kind, flag, int_in, ints, ints_or, kind_of, ndarray, output_size, readonly, Arg, PyReal};
 use super::{add_batch, batch_grad, drop_batch};
 use crate::params::PoolParams;
 use crate::pool::{
@@ -15,19 +15,28 @@ use pyo3::types::PyTuple;
 fn pool_params(
     dims: usize,
     kernel_size: &Bound<'_, PyAny>,
-    stride: Option<&Bound<'_, PyAny>>,
-    padding: Option<&Bound<'_, PyAny>>,
-    dilation: Option<&Bound<'_, PyAny>>,
-    ceil_mode: bool,
+    stride: &Arg<'_>,
+    padding: &Arg<'_>,
+    dilation: &Arg<'_>,
+    ceil_mode: &Arg<'_>,
+    divisor_override: &Arg<'_>,
 ) -> PyResult<PoolParams> {
-    let kernel = ints(Some(kernel_size), "kernel_size", dims, 1, 1)?;
-    // PyTorch treats an empty stride like None: the kernel size.
-    let stride = stride.filter(|s| s.len().map_or(true, |n| n > 0));
+    let kernel = ints(kernel_size, "kernel_size", dims, 1)?;
+    // None, left out, or (as PyTorch) an empty tuple: the kernel size.
+    let stride = match stride.or_none() {
+        Some(s) if s.len().map_or(true, |n| n > 0) => ints(s, "stride", dims, 1)?,
+        _ => kernel.clone(),
+    };
     Ok(PoolParams {
-        stride: ints(stride, "stride", dims, 1, 1).map(|s| if stride.is_none_or(|s| s.is_none()) { kernel.clone() } else { s })?,
-        padding: ints(padding, "padding", dims, 0, 0)?,
-        dilation: ints(dilation, "dilation", dims, 1, 1)?,
-        ceil_mode,
+        stride,
+        padding: ints_or(padding, "padding", dims, 0, 0)?,
+        dilation: ints_or(dilation, "dilation", dims, 1, 1)?,
+        ceil_mode: flag(ceil_mode, "ceil_mode", false)?,
+        // Any int64 but 0 (which the geometry refuses by name), as PyTorch; None: no override.
+        divisor_override: divisor_override
+            .or_none()
+            .map(|d| int_in(d, "divisor_override", i64::MIN as i128, i64::MAX as i128).map(|d| d as i64))
+            .transpose()?,
         kernel,
     })
 }
@@ -56,6 +65,7 @@ fn max_typed<'py, T: PyReal>(
 /// `indices` of a max-pool backward: an int64 ndarray, as `max_pool*d(..., return_indices=True)`
 /// returns it.
 fn read_indices<'py>(obj: &Bound<'py, PyAny>) -> PyResult<PyReadonlyArrayDyn<'py, i64>> {
+    ndarray(obj, "indices")?;
     let arr = obj.cast::<PyArrayDyn<i64>>().map_err(|_| {
         let got = match obj.cast::<PyUntypedArray>() {
             Ok(a) => format!(
@@ -163,7 +173,7 @@ fn backward_nd<'py>(
 }
 
 macro_rules! pool_backward_fns {
-    ($max:ident, $avg:ident, $adaptive:ident, $dims:literal) => {
+    ($max:ident, $adaptive:ident, $dims:literal) => {
         /// Gradient of max pooling with respect to its input; see `rconv.functional`.
         ///
         /// `indices` (keyword, optional): the int64 indices the forward returned with
@@ -172,7 +182,7 @@ macro_rules! pool_backward_fns {
         /// shape); an index outside its input plane is a ValueError naming `indices`. Omitted,
         /// the argmax is recomputed from `input` exactly as the forward picks it.
         #[pyfunction]
-        #[pyo3(signature = (grad_output, input, kernel_size, stride=None, padding=None, dilation=None, ceil_mode=false, *, indices=None),
+        #[pyo3(signature = (grad_output, input, kernel_size, stride=Arg::Missing, padding=Arg::Missing, dilation=Arg::Missing, ceil_mode=Arg::Missing, *, indices=None),
                text_signature = "(grad_output, input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *, indices=None)")]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $max<'py>(
@@ -180,33 +190,14 @@ macro_rules! pool_backward_fns {
             grad_output: &Bound<'py, PyAny>,
             input: &Bound<'py, PyAny>,
             kernel_size: &Bound<'py, PyAny>,
-            stride: Option<&Bound<'py, PyAny>>,
-            padding: Option<&Bound<'py, PyAny>>,
-            dilation: Option<&Bound<'py, PyAny>>,
-            ceil_mode: bool,
+            stride: Arg<'py>,
+            padding: Arg<'py>,
+            dilation: Arg<'py>,
+            ceil_mode: Arg<'py>,
             indices: Option<&Bound<'py, PyAny>>,
         ) -> PyResult<Bound<'py, PyAny>> {
-            let params = pool_params($dims, kernel_size, stride, padding, dilation, ceil_mode)?;
+            let params = pool_params($dims, kernel_size, &stride, &padding, &dilation, &ceil_mode, &Arg::Missing)?;
             backward_nd(py, $dims, grad_output, input, Backward::Max(&params, indices))
-        }
-
-        /// Gradient of average pooling with respect to its input; see `rconv.functional`.
-        #[pyfunction]
-        #[pyo3(signature = (grad_output, input, kernel_size, stride=None, padding=None, ceil_mode=false, count_include_pad=true),
-               text_signature = "(grad_output, input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)")]
-        #[allow(clippy::too_many_arguments)]
-        pub(crate) fn $avg<'py>(
-            py: Python<'py>,
-            grad_output: &Bound<'py, PyAny>,
-            input: &Bound<'py, PyAny>,
-            kernel_size: &Bound<'py, PyAny>,
-            stride: Option<&Bound<'py, PyAny>>,
-            padding: Option<&Bound<'py, PyAny>>,
-            ceil_mode: bool,
-            count_include_pad: bool,
-        ) -> PyResult<Bound<'py, PyAny>> {
-            let params = pool_params($dims, kernel_size, stride, padding, None, ceil_mode)?;
-            backward_nd(py, $dims, grad_output, input, Backward::Avg(&params, count_include_pad))
         }
 
         /// Gradient of adaptive average pooling with respect to its input; see `rconv.functional`.
@@ -222,48 +213,31 @@ macro_rules! pool_backward_fns {
     };
 }
 
-pool_backward_fns!(max_pool1d_backward, avg_pool1d_backward, adaptive_avg_pool1d_backward, 1);
-pool_backward_fns!(max_pool2d_backward, avg_pool2d_backward, adaptive_avg_pool2d_backward, 2);
-pool_backward_fns!(max_pool3d_backward, avg_pool3d_backward, adaptive_avg_pool3d_backward, 3);
+pool_backward_fns!(max_pool1d_backward, adaptive_avg_pool1d_backward, 1);
+pool_backward_fns!(max_pool2d_backward, adaptive_avg_pool2d_backward, 2);
+pool_backward_fns!(max_pool3d_backward, adaptive_avg_pool3d_backward, 3);
 
 macro_rules! pool_fns {
-    ($max:ident, $avg:ident, $adaptive:ident, $dims:literal) => {
+    ($max:ident, $adaptive:ident, $dims:literal) => {
         /// Max pooling over channels-first volumes; see `rconv.functional`.
         #[pyfunction]
-        #[pyo3(signature = (input, kernel_size, stride=None, padding=None, dilation=None, ceil_mode=false, return_indices=false),
+        #[pyo3(signature = (input, kernel_size, stride=Arg::Missing, padding=Arg::Missing, dilation=Arg::Missing, ceil_mode=Arg::Missing, return_indices=Arg::Missing),
                text_signature = "(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False)")]
         #[allow(clippy::too_many_arguments)]
         pub(crate) fn $max<'py>(
             py: Python<'py>,
             input: &Bound<'py, PyAny>,
             kernel_size: &Bound<'py, PyAny>,
-            stride: Option<&Bound<'py, PyAny>>,
-            padding: Option<&Bound<'py, PyAny>>,
-            dilation: Option<&Bound<'py, PyAny>>,
-            ceil_mode: bool,
-            return_indices: bool,
+            stride: Arg<'py>,
+            padding: Arg<'py>,
+            dilation: Arg<'py>,
+            ceil_mode: Arg<'py>,
+            return_indices: Arg<'py>,
         ) -> PyResult<Bound<'py, PyAny>> {
             let kind = kind_of(input, "input")?;
-            let params = pool_params($dims, kernel_size, stride, padding, dilation, ceil_mode)?;
+            let params = pool_params($dims, kernel_size, &stride, &padding, &dilation, &ceil_mode, &Arg::Missing)?;
+            let return_indices = flag(&return_indices, "return_indices", false)?;
             dispatch!(kind, max_typed(py, $dims, input, &params, return_indices))
-        }
-
-        /// Average pooling over channels-first volumes; see `rconv.functional`.
-        #[pyfunction]
-        #[pyo3(signature = (input, kernel_size, stride=None, padding=None, ceil_mode=false, count_include_pad=true),
-               text_signature = "(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)")]
-        pub(crate) fn $avg<'py>(
-            py: Python<'py>,
-            input: &Bound<'py, PyAny>,
-            kernel_size: &Bound<'py, PyAny>,
-            stride: Option<&Bound<'py, PyAny>>,
-            padding: Option<&Bound<'py, PyAny>>,
-            ceil_mode: bool,
-            count_include_pad: bool,
-        ) -> PyResult<Bound<'py, PyAny>> {
-            let kind = kind_of(input, "input")?;
-            let params = pool_params($dims, kernel_size, stride, padding, None, ceil_mode)?;
-            dispatch!(kind, avg_typed(py, $dims, input, &params, count_include_pad))
         }
 
         /// Adaptive average pooling to a fixed output size; see `rconv.functional`.
@@ -281,9 +255,101 @@ macro_rules! pool_fns {
     };
 }
 
-pool_fns!(max_pool1d, avg_pool1d, adaptive_avg_pool1d, 1);
-pool_fns!(max_pool2d, avg_pool2d, adaptive_avg_pool2d, 2);
-pool_fns!(max_pool3d, avg_pool3d, adaptive_avg_pool3d, 3);
+pool_fns!(max_pool1d, adaptive_avg_pool1d, 1);
+pool_fns!(max_pool2d, adaptive_avg_pool2d, 2);
+pool_fns!(max_pool3d, adaptive_avg_pool3d, 3);
+
+/// An average pool's forward (`grad_output` None) or backward, from the Python arguments.
+#[allow(clippy::too_many_arguments)]
+fn avg_nd<'py>(
+    py: Python<'py>,
+    dims: usize,
+    grad_output: Option<&Bound<'py, PyAny>>,
+    input: &Bound<'py, PyAny>,
+    kernel_size: &Bound<'py, PyAny>,
+    stride: &Arg<'py>,
+    padding: &Arg<'py>,
+    ceil_mode: &Arg<'py>,
+    count_include_pad: &Arg<'py>,
+    divisor_override: &Arg<'py>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let kind = kind_of(input, "input")?;
+    let params = pool_params(dims, kernel_size, stride, padding, &Arg::Missing, ceil_mode, divisor_override)?;
+    let count_include_pad = flag(count_include_pad, "count_include_pad", true)?;
+    match grad_output {
+        None => dispatch!(kind, avg_typed(py, dims, input, &params, count_include_pad)),
+        Some(g) => backward_nd(py, dims, g, input, Backward::Avg(&params, count_include_pad)),
+    }
+}
+
+/// Average pooling forward and backward. PyTorch's avg_pool1d has no divisor_override; avg_pool2d
+/// and avg_pool3d take it (the optional last ident).
+macro_rules! avg_pool_fns {
+    ($avg:ident, $avg_backward:ident, $dims:literal, $sig:literal, $backward_sig:literal $(, $over:ident)?) => {
+        /// Average pooling over channels-first volumes; see `rconv.functional`.
+        #[pyfunction]
+        #[pyo3(signature = (input, kernel_size, stride=Arg::Missing, padding=Arg::Missing, ceil_mode=Arg::Missing, count_include_pad=Arg::Missing $(, $over=Arg::Missing)?),
+               text_signature = $sig)]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $avg<'py>(
+            py: Python<'py>,
+            input: &Bound<'py, PyAny>,
+            kernel_size: &Bound<'py, PyAny>,
+            stride: Arg<'py>,
+            padding: Arg<'py>,
+            ceil_mode: Arg<'py>,
+            count_include_pad: Arg<'py>,
+            $($over: Arg<'py>,)?
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let divisor_override = None $(.or(Some($over)))?.unwrap_or(Arg::Missing);
+            avg_nd(py, $dims, None, input, kernel_size, &stride, &padding, &ceil_mode, &count_include_pad, &divisor_override)
+        }
+
+        /// Gradient of average pooling with respect to its input; see `rconv.functional`.
+        #[pyfunction]
+        #[pyo3(signature = (grad_output, input, kernel_size, stride=Arg::Missing, padding=Arg::Missing, ceil_mode=Arg::Missing, count_include_pad=Arg::Missing $(, $over=Arg::Missing)?),
+               text_signature = $backward_sig)]
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn $avg_backward<'py>(
+            py: Python<'py>,
+            grad_output: &Bound<'py, PyAny>,
+            input: &Bound<'py, PyAny>,
+            kernel_size: &Bound<'py, PyAny>,
+            stride: Arg<'py>,
+            padding: Arg<'py>,
+            ceil_mode: Arg<'py>,
+            count_include_pad: Arg<'py>,
+            $($over: Arg<'py>,)?
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let divisor_override = None $(.or(Some($over)))?.unwrap_or(Arg::Missing);
+            avg_nd(py, $dims, Some(grad_output), input, kernel_size, &stride, &padding, &ceil_mode, &count_include_pad, &divisor_override)
+        }
+    };
+}
+
+avg_pool_fns!(
+    avg_pool1d,
+    avg_pool1d_backward,
+    1,
+    "(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)",
+    "(grad_output, input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True)"
+);
+avg_pool_fns!(
+    avg_pool2d,
+    avg_pool2d_backward,
+    2,
+    "(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None)",
+    "(grad_output, input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None)",
+    divisor_override
+);
+avg_pool_fns!(
+    avg_pool3d,
+    avg_pool3d_backward,
+    3,
+    "(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None)",
+    "(grad_output, input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None)",
+    divisor_override
+);
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(max_pool1d, m)?)?;
