@@ -79,7 +79,8 @@ const MAX_TASK_SOURCE_ELEMS: usize = 1 << 22;
 
 /// Source elements of one output row of `plane` with its halo, for `channels` channels.
 fn row_source(plane: &Plane, channels: usize) -> usize {
-    channels * plane.phases() * (plane.padded[2] + plane.max_offset() + 64)
+    // Saturating: a stride as large as the input makes the phase count as large as the volume.
+    channels.saturating_mul(plane.phases()).saturating_mul(plane.padded[2] + plane.max_offset() + 64)
 }
 
 /// Whether the direct kernels serve `geo` (forward, and the input gradient where
@@ -96,9 +97,9 @@ pub(crate) fn fits(geo: &ConvGeometry) -> bool {
 /// which blocks for the caches, was 2.3x faster.
 pub(crate) fn weight_gradient_applies(geo: &ConvGeometry) -> bool {
     let plane = Plane::forward(geo);
-    let rows = geo.c_in_per_group() * plane.phases() + geo.c_out_per_group();
-    let unit = row_source(&plane, geo.c_in_per_group()) + geo.c_out_per_group() * (plane.padded[2] + 64);
-    available() && rows * MIN_UNIT_POSITIONS <= 2 * WEIGHT_BUFFER_ELEMS && unit <= MAX_TASK_SOURCE_ELEMS
+    let rows = geo.c_in_per_group().saturating_mul(plane.phases()).saturating_add(geo.c_out_per_group());
+    let unit = row_source(&plane, geo.c_in_per_group()).saturating_add(geo.c_out_per_group() * (plane.padded[2] + 64));
+    available() && rows.saturating_mul(MIN_UNIT_POSITIONS) <= 2 * WEIGHT_BUFFER_ELEMS && unit <= MAX_TASK_SOURCE_ELEMS
 }
 
 /// Whether `backward_input` serves `geo`: stride 1 (the input gradient of a strided
@@ -145,7 +146,7 @@ impl Plane {
     }
 
     fn phases(&self) -> usize {
-        self.stride.iter().product()
+        self.stride.iter().fold(1usize, |p, &s| p.saturating_mul(s))
     }
 
     /// For each kernel tap, in weight order: its phase and its flat offset inside that phase.
@@ -174,8 +175,11 @@ impl Plane {
     }
 
     /// The largest offset of a tap inside its phase.
+    /// A tap's offset grows with each of its coordinates, so the last tap has the largest.
     fn max_offset(&self) -> usize {
-        self.taps().iter().map(|&(_, off)| off).max().unwrap_or(0)
+        let [_, ph, pw] = self.padded;
+        let last = |d: usize| (self.kernel[d] - 1) * self.dilation[d] / self.stride[d];
+        (last(0) * ph + last(1)) * pw + last(2)
     }
 
     /// Output rows (depth x height) of one channel.
