@@ -331,3 +331,54 @@ def test_an_infinite_weight_meets_the_zero_padding_in_every_strategy(strategy, d
                 dx = conv_fn(nd, "_backward")(arrays["dy"], arrays["x"], arrays["w"], **full)[0]
             np.testing.assert_array_equal(np.isnan(dx), np.isnan(want_dx))
             assert_close(dx, want_dx, dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch as an optional oracle for where inf and NaN land
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_non_finite_operands_land_where_pytorch_float64_puts_them(seed):
+    """PyTorch's float64 convolutions sum the definition's products (its float32 path, oneDNN,
+    skips padded zeros and so gives fewer NaN next to an infinite weight); rconv gives the
+    float64 answer in both precisions, with every strategy forced in turn."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(seed)
+    checked = 0
+    while checked < 40:
+        nd = int(rng.integers(1, 4))
+        c = int(rng.integers(1, 5))
+        groups = c if rng.random() < 0.3 else 1
+        k = c * int(rng.integers(1, 3)) if groups > 1 else int(rng.integers(1, 5))
+        kernel = tuple(int(v) for v in rng.integers(1, 4, nd))
+        spatial = tuple(int(v) for v in rng.integers(4, 8, nd))
+        kwargs = dict(stride=int(rng.integers(1, 3)), padding=int(rng.integers(0, 3)), dilation=int(rng.integers(1, 3)), groups=groups)
+        if any(s + 2 * kwargs["padding"] < kwargs["dilation"] * (kk - 1) + 1 for s, kk in zip(spatial, kernel)):
+            continue
+        x = rng.standard_normal((2, c) + spatial)
+        w = rng.standard_normal((k, c // groups) + kernel)
+        y = ref.conv(x, w, **kwargs)
+        dy = rng.standard_normal(y.shape)
+        target = [x, w, dy][int(rng.integers(0, 3))]
+        target[tuple(int(rng.choice([0, s - 1])) for s in target.shape)] = rng.choice([np.inf, -np.inf, np.nan])
+        tx, tw = torch.tensor(x, requires_grad=True), torch.tensor(w, requires_grad=True)
+        ty = getattr(torch.nn.functional, f"conv{nd}d")(tx, tw, None, **kwargs)
+        ty.backward(torch.tensor(dy))
+        want = {"forward": ty.detach().numpy(), "input": tx.grad.numpy(), "weight": tw.grad.numpy()}
+        full = dict(kwargs, padding_mode="zeros")
+        strategies = served(dict(x=x, w=w), full)
+        for dtype in (np.float32, np.float64):
+            xs, ws, dys = (a.astype(dtype) for a in (x, w, dy))
+            for direction in DIRECTIONS:
+                for strategy in [None] + strategies[direction]:
+                    with forced(direction, strategy):
+                        if direction == "forward":
+                            got = conv_fn(nd)(xs, ws, **kwargs)
+                        else:
+                            dx, dw, _ = conv_fn(nd, "_backward")(dys, xs, ws, **kwargs)
+                            got = dx if direction == "input" else dw
+                    what = f"{direction} by {strategy}, {dtype.__name__}, x {x.shape} w {w.shape} {kwargs}"
+                    np.testing.assert_array_equal(np.isnan(got), np.isnan(want[direction]), err_msg=what)
+                    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want[direction]), err_msg=what)
+                    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want[direction]), err_msg=what)
+        checked += 1
