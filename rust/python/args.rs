@@ -142,8 +142,16 @@ pub(crate) fn output_size(obj: &Bound<'_, PyAny>, dims: usize) -> PyResult<Vec<O
 /// Runs `f` with the GIL released. An error raised inside the computation (`error::raise`)
 /// becomes its exception; a panic (a bug in rconv, never a user error) becomes a RuntimeError
 /// instead of tearing down the interpreter.
+///
+/// A thread that ends its computation while Python exits never comes back (see `interp`).
 pub(crate) fn compute<R: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
-    match py.detach(|| catch_unwind(AssertUnwindSafe(|| crate::error::catch(f)))) {
+    let result = py.detach(|| {
+        let result = catch_unwind(AssertUnwindSafe(|| crate::error::catch(f)));
+        super::interp::before_reattach();
+        result
+    });
+    super::interp::reattached();
+    match result {
         Ok(result) => Ok(result?),
         Err(panic) => {
             let what = panic

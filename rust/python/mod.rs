@@ -4,6 +4,7 @@
 mod args;
 mod conv;
 mod error;
+mod interp;
 mod ops;
 mod optim;
 mod pool;
@@ -62,6 +63,7 @@ fn _cached_memory_bytes() -> usize {
 fn _rconv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     crate::parallel::init_from_env();
+    interp::register(m)?;
     conv::register(m)?;
     pool::register(m)?;
     ops::register(m)?;
