@@ -10,7 +10,8 @@
 //! Fork safety: a child process made by `fork()` inherits the pool's bookkeeping but none of its
 //! threads, so waiting on it would hang forever. The pool remembers the process id it was built
 //! in; a call from another process builds a fresh pool and leaks the dead one (its threads do
-//! not exist in the child, so there is nothing to join).
+//! not exist in the child, so there is nothing to join, and its locks may be held by threads
+//! that are gone). `STATE`, which the child does need, is held across every fork (`fork`).
 
 use crate::error::{Error, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -31,9 +32,37 @@ struct PoolState {
 static STATE: Mutex<PoolState> = Mutex::new(PoolState { threads: 0, pool: None });
 
 fn lock() -> MutexGuard<'static, PoolState> {
+    static HELD_ACROSS_FORKS: AtomicBool = AtomicBool::new(false);
+    if !HELD_ACROSS_FORKS.load(Ordering::Relaxed) && !HELD_ACROSS_FORKS.swap(true, Ordering::Relaxed) {
+        crate::fork::hold_across_forks::<StateLock>();
+    }
+    lock_state()
+}
+
+fn lock_state() -> MutexGuard<'static, PoolState> {
     // A panic while holding the lock cannot leave PoolState inconsistent (each field is written
     // whole), so a poisoned lock is still usable.
     STATE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `STATE`, held across forks: a thread of the parent inside a call holds it now and then, and
+/// a child that inherited it taken blocked forever in its first parallel call.
+struct StateLock;
+
+impl crate::fork::ForkLock for StateLock {
+    fn hold() -> Box<dyn std::any::Any> {
+        Box::new(lock_state())
+    }
+}
+
+/// Drops the pool, or leaks it if it was built before a fork: its threads do not exist in this
+/// process, and dropping it would signal them under locks that a thread now gone may hold.
+fn discard_pool(state: &mut PoolState) {
+    if let Some((owner, pool)) = state.pool.take() {
+        if owner != std::process::id() {
+            std::mem::forget(pool);
+        }
+    }
 }
 
 /// The default: `RCONV_NUM_THREADS` if it holds a positive integer, else the number of CPUs.
@@ -53,7 +82,7 @@ pub fn set_num_threads(n: usize) -> Result<()> {
     let mut state = lock();
     if state.threads != n {
         state.threads = n;
-        state.pool = None;
+        discard_pool(&mut state);
     }
     Ok(())
 }
@@ -71,7 +100,7 @@ pub fn get_num_threads() -> usize {
 pub fn init_from_env() {
     let mut state = lock();
     state.threads = default_threads();
-    state.pool = None;
+    discard_pool(&mut state);
 }
 
 /// The helpers: one fewer than the thread count (at least one), since the calling thread takes
@@ -82,15 +111,9 @@ fn pool() -> Option<Arc<Helpers>> {
         state.threads = default_threads();
     }
     let pid = std::process::id();
-    if let Some((owner, pool)) = &state.pool {
-        if *owner == pid {
-            return Some(Arc::clone(pool));
-        }
-        // Built before a fork: its threads do not exist here. Leak it rather than drop it, as
-        // dropping would try to signal threads that are gone.
-        if let Some((_, dead)) = state.pool.take() {
-            std::mem::forget(dead);
-        }
+    match &state.pool {
+        Some((owner, pool)) if *owner == pid => return Some(Arc::clone(pool)),
+        _ => discard_pool(&mut state),
     }
     let helpers = Arc::new(Helpers::start(state.threads.saturating_sub(1).max(1))?);
     state.pool = Some((pid, Arc::clone(&helpers)));

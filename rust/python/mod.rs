@@ -63,6 +63,7 @@ fn _cached_memory_bytes() -> usize {
 fn _rconv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     crate::parallel::init_from_env();
+    crate::fork::hold_across_forks::<crate::alloc::CacheLock>();
     interp::register(m)?;
     conv::register(m)?;
     pool::register(m)?;
