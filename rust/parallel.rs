@@ -65,19 +65,53 @@ fn discard_pool(state: &mut PoolState) {
     }
 }
 
-/// The default: `RCONV_NUM_THREADS` if it holds a positive integer, else the number of CPUs.
-fn default_threads() -> usize {
-    std::env::var(NUM_THREADS_ENV)
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+/// The most threads rconv runs on. Threads beyond the CPUs add no speed (each kernel keeps its
+/// core busy) and each costs a stack, a start and, per call, a wake-up or a wait for a core: a
+/// pool of 100,000 threads was still starting after two minutes, and one of 2,000 took 11.6 s
+/// to start, after which a 16x32x64x64 convolution took 510 ms against 10 ms on 2 threads
+/// (2-core VM). 256 leaves room for the largest servers rconv is likely to run on, and on that
+/// VM a pool of 256 starts in ~10 ms and a call takes 1-5x its time on 2 threads (notes/API.md).
+pub const MAX_THREADS: usize = 256;
+
+/// The number of CPUs this process may run on, at most `MAX_THREADS`.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS)
 }
 
-/// Sets the number of threads used by every later call (at least 1).
+/// The thread count `RCONV_NUM_THREADS` (its value `value`, if set) asks for, and a warning
+/// when the value cannot be used as it is: a number above `MAX_THREADS` gives `MAX_THREADS`;
+/// anything else that is not a positive integer gives the number of CPUs. Unset or empty gives
+/// the number of CPUs without a warning.
+fn env_threads(value: Option<&str>) -> (usize, Option<String>) {
+    let Some(text) = value.map(str::trim).filter(|t| !t.is_empty()) else {
+        return (cpus(), None);
+    };
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    // All digits: a count, too large for u128 when it does not parse.
+    let count = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse::<u128>().unwrap_or(u128::MAX));
+    match count {
+        Some(n) if (1..=MAX_THREADS as u128).contains(&n) => (n as usize, None),
+        Some(n) if n > MAX_THREADS as u128 => (
+            MAX_THREADS,
+            Some(format!("{NUM_THREADS_ENV}={text} is more than the {MAX_THREADS} threads rconv runs on at most; using {MAX_THREADS}")),
+        ),
+        _ => {
+            let cpus = cpus();
+            (cpus, Some(format!("{NUM_THREADS_ENV}={text:?} is not a positive integer; using the number of CPUs, {cpus}")))
+        }
+    }
+}
+
+/// The default thread count, from `RCONV_NUM_THREADS` (see `env_threads`), and its warning.
+fn default_threads() -> (usize, Option<String>) {
+    let value = std::env::var_os(NUM_THREADS_ENV);
+    env_threads(value.as_ref().map(|v| v.to_str().unwrap_or("(not UTF-8)")))
+}
+
+/// Sets the number of threads used by every later call (1 to `MAX_THREADS`).
 pub fn set_num_threads(n: usize) -> Result<()> {
-    if n == 0 {
-        return Err(Error::invalid("n", "set_num_threads: n must be at least 1, got 0"));
+    if !(1..=MAX_THREADS).contains(&n) {
+        return Err(Error::invalid("n", format!("set_num_threads: n must be between 1 and {MAX_THREADS}, got {n}")));
     }
     let mut state = lock();
     if state.threads != n {
@@ -91,16 +125,19 @@ pub fn set_num_threads(n: usize) -> Result<()> {
 pub fn get_num_threads() -> usize {
     let mut state = lock();
     if state.threads == 0 {
-        state.threads = default_threads();
+        state.threads = default_threads().0;
     }
     state.threads
 }
 
-/// Re-reads `RCONV_NUM_THREADS` (the Python module calls this at import).
-pub fn init_from_env() {
+/// Re-reads `RCONV_NUM_THREADS` (the Python module calls this at import); returns the warning
+/// for a value that could not be used as it is (see `env_threads`), for the caller to show.
+pub fn init_from_env() -> Option<String> {
+    let (threads, warning) = default_threads();
     let mut state = lock();
-    state.threads = default_threads();
+    state.threads = threads;
     discard_pool(&mut state);
+    warning
 }
 
 /// The helpers: one fewer than the thread count (at least one), since the calling thread takes
@@ -108,7 +145,7 @@ pub fn init_from_env() {
 fn pool() -> Option<Arc<Helpers>> {
     let mut state = lock();
     if state.threads == 0 {
-        state.threads = default_threads();
+        state.threads = default_threads().0;
     }
     let pid = std::process::id();
     match &state.pool {
@@ -487,8 +524,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn zero_threads_is_an_error() {
+    fn thread_counts_outside_one_to_the_cap_are_errors() {
         assert!(set_num_threads(0).is_err());
+        let err = set_num_threads(MAX_THREADS + 1).unwrap_err();
+        assert_eq!(err.arg(), "n");
+        assert!(err.to_string().contains("between 1 and 256"), "{err}");
+    }
+
+    #[test]
+    fn the_environment_variable_is_clamped_or_ignored_with_a_warning() {
+        assert_eq!(env_threads(Some(" 3 ")), (3, None));
+        assert_eq!(env_threads(Some("256")), (256, None));
+        assert_eq!(env_threads(None), (cpus(), None));
+        assert_eq!(env_threads(Some("")), (cpus(), None));
+        for too_many in ["257", "+100000", "999999999999999999999999999999999999999999"] {
+            let (n, warning) = env_threads(Some(too_many));
+            assert_eq!(n, MAX_THREADS);
+            assert!(warning.unwrap().contains(&format!("using {MAX_THREADS}")));
+        }
+        for bad in ["0", "-2", "four", "2.5", "+", "1e3"] {
+            let (n, warning) = env_threads(Some(bad));
+            assert_eq!(n, cpus());
+            assert!(warning.unwrap().contains("not a positive integer"), "{bad}");
+        }
     }
 
     #[test]

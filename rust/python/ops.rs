@@ -174,11 +174,11 @@ pub(crate) fn cross_entropy_backward<'py>(py: Python<'py>, logits: &Bound<'py, P
     dispatch!(kind_of(logits, "logits")?, cross_entropy_backward_typed(py, logits, target))
 }
 
-/// Sets the number of threads rconv computes with (at least 1).
+/// Sets the number of threads rconv computes with (1 to `parallel::MAX_THREADS`).
 #[pyfunction]
-pub(crate) fn set_num_threads(n: i64) -> PyResult<()> {
-    if n < 1 {
-        return Err(PyValueError::new_err(format!("set_num_threads: n must be at least 1, got {n}")));
+pub(crate) fn set_num_threads(n: i128) -> PyResult<()> {
+    if n < 1 || n > parallel::MAX_THREADS as i128 {
+        return Err(PyValueError::new_err(format!("set_num_threads: n must be between 1 and {}, got {n}", parallel::MAX_THREADS)));
     }
     Ok(parallel::set_num_threads(n as usize)?)
 }
