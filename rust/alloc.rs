@@ -118,8 +118,8 @@ impl CachingAllocator {
     }
 
     /// The cache, unless another thread holds it. Allocations never wait for the lock: one
-    /// that finds it taken goes to the system, so a child forked while a thread held the lock
-    /// (the lock stays taken there for good) still allocates, only without the cache.
+    /// that finds it taken goes to the system (so the allocator also serves while the lock is
+    /// held across a fork, see `CacheLock`).
     fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, BlockCache>> {
         match self.cache.try_lock() {
             Ok(cache) => Some(cache),
@@ -160,6 +160,18 @@ impl CachingAllocator {
                 System.alloc(layout)
             }
         }
+    }
+}
+
+/// The extension's cache, held across forks (see `crate::fork`): `release` and `cached_bytes`
+/// wait for its lock, which a child forked while another thread held it would never get.
+#[cfg(feature = "python")]
+pub(crate) struct CacheLock;
+
+#[cfg(feature = "python")]
+impl crate::fork::ForkLock for CacheLock {
+    fn hold() -> Box<dyn std::any::Any> {
+        Box::new(crate::ALLOCATOR.lock())
     }
 }
 

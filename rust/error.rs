@@ -14,6 +14,9 @@ pub enum Error {
     /// A result or work buffer is too large to allocate (or its size overflows `usize`).
     /// Python: `MemoryError`.
     Alloc { what: &'static str, msg: String },
+    /// The calling thread's interrupt check stopped the call (`parallel::with_interrupt_check`).
+    /// Python: the exception the signal handler raised (KeyboardInterrupt for Ctrl-C).
+    Interrupted,
 }
 
 /// The crate's `Result`.
@@ -33,6 +36,7 @@ impl Error {
         match self {
             Error::InvalidArgument { arg, .. } | Error::DType { arg, .. } => arg,
             Error::Alloc { what, .. } => what,
+            Error::Interrupted => "call",
         }
     }
 }
@@ -43,6 +47,7 @@ impl fmt::Display for Error {
             Error::InvalidArgument { msg, .. } | Error::DType { msg, .. } | Error::Alloc { msg, .. } => {
                 f.write_str(msg)
             }
+            Error::Interrupted => f.write_str("the call was interrupted"),
         }
     }
 }

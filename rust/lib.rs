@@ -14,6 +14,7 @@ mod alloc;
 pub mod conv;
 mod element;
 pub mod error;
+mod fork;
 pub mod linear;
 pub mod optim;
 pub mod parallel;

@@ -10,7 +10,8 @@
 //! Fork safety: a child process made by `fork()` inherits the pool's bookkeeping but none of its
 //! threads, so waiting on it would hang forever. The pool remembers the process id it was built
 //! in; a call from another process builds a fresh pool and leaks the dead one (its threads do
-//! not exist in the child, so there is nothing to join).
+//! not exist in the child, so there is nothing to join, and its locks may be held by threads
+//! that are gone). `STATE`, which the child does need, is held across every fork (`fork`).
 
 use crate::error::{Error, Result};
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -31,29 +32,91 @@ struct PoolState {
 static STATE: Mutex<PoolState> = Mutex::new(PoolState { threads: 0, pool: None });
 
 fn lock() -> MutexGuard<'static, PoolState> {
+    static HELD_ACROSS_FORKS: AtomicBool = AtomicBool::new(false);
+    if !HELD_ACROSS_FORKS.load(Ordering::Relaxed) && !HELD_ACROSS_FORKS.swap(true, Ordering::Relaxed) {
+        crate::fork::hold_across_forks::<StateLock>();
+    }
+    lock_state()
+}
+
+fn lock_state() -> MutexGuard<'static, PoolState> {
     // A panic while holding the lock cannot leave PoolState inconsistent (each field is written
     // whole), so a poisoned lock is still usable.
     STATE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The default: `RCONV_NUM_THREADS` if it holds a positive integer, else the number of CPUs.
-fn default_threads() -> usize {
-    std::env::var(NUM_THREADS_ENV)
-        .ok()
-        .and_then(|s| s.trim().parse::<usize>().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+/// `STATE`, held across forks: a thread of the parent inside a call holds it now and then, and
+/// a child that inherited it taken blocked forever in its first parallel call.
+struct StateLock;
+
+impl crate::fork::ForkLock for StateLock {
+    fn hold() -> Box<dyn std::any::Any> {
+        Box::new(lock_state())
+    }
 }
 
-/// Sets the number of threads used by every later call (at least 1).
+/// Drops the pool, or leaks it if it was built before a fork: its threads do not exist in this
+/// process, and dropping it would signal them under locks that a thread now gone may hold.
+fn discard_pool(state: &mut PoolState) {
+    if let Some((owner, pool)) = state.pool.take() {
+        if owner != std::process::id() {
+            std::mem::forget(pool);
+        }
+    }
+}
+
+/// The most threads rconv runs on. Threads beyond the CPUs add no speed (each kernel keeps its
+/// core busy) and each costs a stack, a start and, per call, a wake-up or a wait for a core: a
+/// pool of 100,000 threads was still starting after two minutes, and one of 2,000 took 11.6 s
+/// to start, after which a 16x32x64x64 convolution took 510 ms against 10 ms on 2 threads
+/// (2-core VM). 256 leaves room for the largest servers rconv is likely to run on, and on that
+/// VM a pool of 256 starts in ~10 ms and a call takes 1-5x its time on 2 threads (notes/API.md).
+pub const MAX_THREADS: usize = 256;
+
+/// The number of CPUs this process may run on, at most `MAX_THREADS`.
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_THREADS)
+}
+
+/// The thread count `RCONV_NUM_THREADS` (its value `value`, if set) asks for, and a warning
+/// when the value cannot be used as it is: a number above `MAX_THREADS` gives `MAX_THREADS`;
+/// anything else that is not a positive integer gives the number of CPUs. Unset or empty gives
+/// the number of CPUs without a warning.
+fn env_threads(value: Option<&str>) -> (usize, Option<String>) {
+    let Some(text) = value.map(str::trim).filter(|t| !t.is_empty()) else {
+        return (cpus(), None);
+    };
+    let digits = text.strip_prefix('+').unwrap_or(text);
+    // All digits: a count, too large for u128 when it does not parse.
+    let count = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse::<u128>().unwrap_or(u128::MAX));
+    match count {
+        Some(n) if (1..=MAX_THREADS as u128).contains(&n) => (n as usize, None),
+        Some(n) if n > MAX_THREADS as u128 => (
+            MAX_THREADS,
+            Some(format!("{NUM_THREADS_ENV}={text} is more than the {MAX_THREADS} threads rconv runs on at most; using {MAX_THREADS}")),
+        ),
+        _ => {
+            let cpus = cpus();
+            (cpus, Some(format!("{NUM_THREADS_ENV}={text:?} is not a positive integer; using the number of CPUs, {cpus}")))
+        }
+    }
+}
+
+/// The default thread count, from `RCONV_NUM_THREADS` (see `env_threads`), and its warning.
+fn default_threads() -> (usize, Option<String>) {
+    let value = std::env::var_os(NUM_THREADS_ENV);
+    env_threads(value.as_ref().map(|v| v.to_str().unwrap_or("(not UTF-8)")))
+}
+
+/// Sets the number of threads used by every later call (1 to `MAX_THREADS`).
 pub fn set_num_threads(n: usize) -> Result<()> {
-    if n == 0 {
-        return Err(Error::invalid("n", "set_num_threads: n must be at least 1, got 0"));
+    if !(1..=MAX_THREADS).contains(&n) {
+        return Err(Error::invalid("n", format!("set_num_threads: n must be between 1 and {MAX_THREADS}, got {n}")));
     }
     let mut state = lock();
     if state.threads != n {
         state.threads = n;
-        state.pool = None;
+        discard_pool(&mut state);
     }
     Ok(())
 }
@@ -62,16 +125,19 @@ pub fn set_num_threads(n: usize) -> Result<()> {
 pub fn get_num_threads() -> usize {
     let mut state = lock();
     if state.threads == 0 {
-        state.threads = default_threads();
+        state.threads = default_threads().0;
     }
     state.threads
 }
 
-/// Re-reads `RCONV_NUM_THREADS` (the Python module calls this at import).
-pub fn init_from_env() {
+/// Re-reads `RCONV_NUM_THREADS` (the Python module calls this at import); returns the warning
+/// for a value that could not be used as it is (see `env_threads`), for the caller to show.
+pub fn init_from_env() -> Option<String> {
+    let (threads, warning) = default_threads();
     let mut state = lock();
-    state.threads = default_threads();
-    state.pool = None;
+    state.threads = threads;
+    discard_pool(&mut state);
+    warning
 }
 
 /// The helpers: one fewer than the thread count (at least one), since the calling thread takes
@@ -79,18 +145,12 @@ pub fn init_from_env() {
 fn pool() -> Option<Arc<Helpers>> {
     let mut state = lock();
     if state.threads == 0 {
-        state.threads = default_threads();
+        state.threads = default_threads().0;
     }
     let pid = std::process::id();
-    if let Some((owner, pool)) = &state.pool {
-        if *owner == pid {
-            return Some(Arc::clone(pool));
-        }
-        // Built before a fork: its threads do not exist here. Leak it rather than drop it, as
-        // dropping would try to signal threads that are gone.
-        if let Some((_, dead)) = state.pool.take() {
-            std::mem::forget(dead);
-        }
+    match &state.pool {
+        Some((owner, pool)) if *owner == pid => return Some(Arc::clone(pool)),
+        _ => discard_pool(&mut state),
     }
     let helpers = Arc::new(Helpers::start(state.threads.saturating_sub(1).max(1))?);
     state.pool = Some((pid, Arc::clone(&helpers)));
@@ -128,6 +188,7 @@ impl Helpers {
         let threads = ThreadPoolBuilder::new().num_threads(n).thread_name(|i| format!("rconv-{i}")).build().ok()?;
         let shared = Arc::new(Shared {
             offer: Mutex::new(None),
+            // `helper_loop` counts on the start at 0.
             epoch: AtomicU64::new(0),
             sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
@@ -176,7 +237,12 @@ impl Drop for Helpers {
 impl Shared {
     /// A helper: waits for each new offer and runs its body, until the pool is dropped.
     fn helper_loop(&self) {
-        let mut seen = self.epoch.load(Ordering::SeqCst);
+        // The epoch the pool started with, not the current one: the call that built the pool is
+        // offered before its threads have started, and a helper that took the epoch it found
+        // at its start left that call to the caller alone (and with it, the first call after
+        // every set_num_threads: a 4x128x128x128 11x11 convolution took 1.5 s on 2 threads as on
+        // 1; now 0.8 s).
+        let mut seen = 0;
         while self.next_offer(&mut seen) {
             let call = self.offer.lock().unwrap_or_else(|e| e.into_inner()).clone();
             if let Some(call) = call {
@@ -383,14 +449,25 @@ where
     let helpers = helpers_for(items, work);
     if helpers == 0 {
         let mut scratch = init();
-        (0..items).for_each(|i| f(&mut scratch, i));
+        // Without a check, the plain loop: stepping through runs cost LeNet-5's second
+        // convolution 3-5 us of its 262 on one thread (A/B), inlining the kernel differently.
+        if INTERRUPT_CHECK.with(|c| c.get()).is_none() {
+            (0..items).for_each(|i| f(&mut scratch, i));
+            return;
+        }
+        let grain = grain(items, work, 1);
+        for first in (0..items).step_by(grain) {
+            (first..(first + grain).min(items)).for_each(|i| f(&mut scratch, i));
+            poll_interrupt(grain * per_item(items, work));
+        }
         return;
     }
     let grain = grain(items, work, helpers + 1);
     let next = AtomicUsize::new(0);
     share(helpers, || {
-        // A thread that unwinds out of an item (an error raised, or a bug) takes the remaining
-        // items away, so the others stop after their current item instead of finishing the call.
+        // A thread that unwinds out of an item (an error raised, an interrupt, or a bug) takes
+        // the remaining items away, so the others stop after their current item instead of
+        // finishing the call.
         let _stop = StopOnUnwind(&next, items);
         let mut scratch = None;
         loop {
@@ -400,11 +477,13 @@ where
             }
             let scratch = scratch.get_or_insert_with(&init);
             (first..(first + grain).min(items)).for_each(|i| f(scratch, i));
+            poll_interrupt(grain * per_item(items, work));
         }
     });
 }
 
-/// Moves a shared item counter past the last item when dropped during unwinding.
+/// Moves a shared item counter past the last item when dropped during unwinding. (The other
+/// threads then stop at the end of their run of items: one item, or about `GRAIN_WORK`.)
 struct StopOnUnwind<'a>(&'a AtomicUsize, usize);
 
 impl Drop for StopOnUnwind<'_> {
@@ -415,16 +494,92 @@ impl Drop for StopOnUnwind<'_> {
     }
 }
 
+/// How often, at most, the calling thread runs its interrupt check during a call: often enough
+/// that an interrupt stops a call well within 0.2 s (it then waits for the items in progress),
+/// rarely enough that the check (a few microseconds to take the GIL and look for signals, in
+/// the Python extension) costs nothing measurable.
+const CHECK_EVERY: Duration = Duration::from_millis(10);
+
+/// Work (in element operations) between two looks at the clock in `poll_interrupt`: a few to a
+/// few hundred microseconds, against `CHECK_EVERY`'s 10 ms. Reading the clock after every run of
+/// items cost LeNet-5's first convolution on one thread (depthwise, many small inner calls)
+/// 2-4 us of its 200.
+const CLOCK_WORK: usize = 1 << 18;
+
+/// A thread's interrupt check (`with_interrupt_check`).
+#[derive(Clone, Copy)]
+struct InterruptCheck {
+    interrupted: fn() -> bool,
+    /// When it is next due.
+    due: Instant,
+    /// Work done since the clock was last read.
+    unclocked: usize,
+}
+
+thread_local! {
+    static INTERRUPT_CHECK: std::cell::Cell<Option<InterruptCheck>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with `interrupted` as the calling thread's interrupt check: while `f` runs parallel
+/// calls (`for_each*`), this thread calls `interrupted()` between the runs of items it takes, at
+/// most every `CHECK_EVERY` (never during the first). When it returns true, the call stops: the
+/// other threads take no further items and finish the one they are in, this thread waits for
+/// them, and `f` returns `Err(Error::Interrupted)` (so do the errors kernels raise). What the
+/// call was writing is then partly written. Only this thread checks; helper threads never run
+/// `interrupted`.
+///
+/// The Python extension installs a check that runs Python's signal handlers, so that Ctrl-C
+/// stops a long call (`python/args.rs`).
+pub fn with_interrupt_check<R>(interrupted: fn() -> bool, f: impl FnOnce() -> Result<R>) -> Result<R> {
+    /// Puts back the check that was installed before (also when unwinding).
+    struct Restore(Option<InterruptCheck>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            INTERRUPT_CHECK.with(|c| c.set(self.0));
+        }
+    }
+    let check = InterruptCheck { interrupted, due: Instant::now() + CHECK_EVERY, unclocked: 0 };
+    let _restore = Restore(INTERRUPT_CHECK.with(|c| c.replace(Some(check))));
+    crate::error::catch(f)
+}
+
+/// Counts `work` just done and runs this thread's interrupt check if it is due; unwinds with
+/// `Error::Interrupted` if it reports an interrupt.
+fn poll_interrupt(work: usize) {
+    let Some(mut check) = INTERRUPT_CHECK.with(|c| c.get()) else {
+        return;
+    };
+    check.unclocked = check.unclocked.saturating_add(work);
+    let due = check.unclocked >= CLOCK_WORK && {
+        check.unclocked = 0;
+        let now = Instant::now();
+        let due = now >= check.due;
+        if due {
+            check.due = now + CHECK_EVERY;
+        }
+        due
+    };
+    INTERRUPT_CHECK.with(|c| c.set(Some(check)));
+    if due && (check.interrupted)() {
+        crate::error::raise(Error::Interrupted);
+    }
+}
+
 /// Work (in element operations) worth one trip to the shared item counter. Items are taken in
 /// runs of at least this much work: taking LeNet-5's 1,024 pooling planes one by one from two
 /// threads (~100 operations each) bounced the counter's cache line between the cores on every
 /// item and took longer than one thread alone.
 const GRAIN_WORK: usize = 1 << 13;
 
+/// The work of one item (at least 1).
+fn per_item(items: usize, work: usize) -> usize {
+    (work / items.max(1)).max(1)
+}
+
 /// How many consecutive items a thread takes at a time: enough for `GRAIN_WORK`, but no more
 /// than an eighth of a fair share, so that the threads still finish together.
 fn grain(items: usize, work: usize, threads: usize) -> usize {
-    let per_item = (work / items.max(1)).max(1);
+    let per_item = per_item(items, work);
     let fair = (items / (8 * threads.max(1))).max(1);
     GRAIN_WORK.div_ceil(per_item).clamp(1, fair)
 }
@@ -464,8 +619,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn zero_threads_is_an_error() {
+    fn thread_counts_outside_one_to_the_cap_are_errors() {
         assert!(set_num_threads(0).is_err());
+        let err = set_num_threads(MAX_THREADS + 1).unwrap_err();
+        assert_eq!(err.arg(), "n");
+        assert!(err.to_string().contains("between 1 and 256"), "{err}");
+    }
+
+    #[test]
+    fn the_environment_variable_is_clamped_or_ignored_with_a_warning() {
+        assert_eq!(env_threads(Some(" 3 ")), (3, None));
+        assert_eq!(env_threads(Some("256")), (256, None));
+        assert_eq!(env_threads(None), (cpus(), None));
+        assert_eq!(env_threads(Some("")), (cpus(), None));
+        for too_many in ["257", "+100000", "999999999999999999999999999999999999999999"] {
+            let (n, warning) = env_threads(Some(too_many));
+            assert_eq!(n, MAX_THREADS);
+            assert!(warning.unwrap().contains(&format!("using {MAX_THREADS}")));
+        }
+        for bad in ["0", "-2", "four", "2.5", "+", "1e3"] {
+            let (n, warning) = env_threads(Some(bad));
+            assert_eq!(n, cpus());
+            assert!(warning.unwrap().contains("not a positive integer"), "{bad}");
+        }
     }
 
     #[test]
@@ -480,6 +656,24 @@ mod tests {
             for_each_chunk(&mut out, 10, work, |i, c| c.iter_mut().for_each(|v| *v += i + 1));
             assert!(out.iter().enumerate().all(|(j, &v)| v == j / 10 + 1));
         }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "rebuilds the pool: crossbeam-epoch trips Stacked Borrows when the old one's threads exit")]
+    fn the_first_call_on_a_new_pool_is_shared() {
+        // The call right after a pool is built is offered before its threads have started.
+        let before = get_num_threads();
+        for (round, threads) in [2, 3, 2, 3].into_iter().enumerate() {
+            set_num_threads(threads).unwrap();
+            let ran: Mutex<Vec<std::thread::ThreadId>> = Mutex::new(Vec::new());
+            for_each(40, 40 << 20, |_| {
+                std::thread::sleep(Duration::from_millis(2));
+                ran.lock().unwrap().push(std::thread::current().id());
+            });
+            let ids: std::collections::HashSet<_> = ran.into_inner().unwrap().into_iter().collect();
+            assert!(ids.len() >= 2, "round {round}, {threads} threads: the items ran on {} thread(s)", ids.len());
+        }
+        set_num_threads(before).unwrap();
     }
 
     #[test]
@@ -542,6 +736,82 @@ mod tests {
             assert_eq!((err.arg(), err.to_string()), ("scratch", format!("item {failing}")));
             assert!(done.load(Ordering::Relaxed) < 16);
         }
+    }
+
+    /// Interrupt checks for the tests below: each counts its calls and the threads it ran on.
+    static CHECKS: AtomicUsize = AtomicUsize::new(0);
+    static CHECKS_OFF_CALLER: AtomicUsize = AtomicUsize::new(0);
+    static CALLER: Mutex<Option<std::thread::ThreadId>> = Mutex::new(None);
+    static DONE: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_check() {
+        CHECKS.fetch_add(1, Ordering::SeqCst);
+        if *CALLER.lock().unwrap() != Some(std::thread::current().id()) {
+            CHECKS_OFF_CALLER.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn interrupt_at_third_check() -> bool {
+        count_check();
+        CHECKS.load(Ordering::SeqCst) >= 3
+    }
+
+    fn never_interrupt() -> bool {
+        count_check();
+        false
+    }
+
+    #[test]
+    fn an_interrupt_check_stops_the_call_on_the_calling_thread_only() {
+        // One test, so that the checks' counters see one call at a time.
+        *CALLER.lock().unwrap() = Some(std::thread::current().id());
+        // Under Miri: the pool as it is (crossbeam-epoch, inside rayon, trips Stacked Borrows
+        // when a replaced pool's threads exit), and no timing.
+        let counts = if cfg!(miri) { vec![get_num_threads()] } else { vec![1, 2, 3] };
+        for threads in counts {
+            let before = get_num_threads();
+            set_num_threads(threads).unwrap();
+            // 200 items of 1 ms (about a million operations each): the check is due every
+            // CHECK_EVERY (10 ms) of the caller's.
+            DONE.store(0, Ordering::SeqCst);
+            CHECKS.store(0, Ordering::SeqCst);
+            let start = Instant::now();
+            let result = with_interrupt_check(interrupt_at_third_check, || {
+                for_each(200, 200 << 20, |_| {
+                    std::thread::sleep(Duration::from_millis(1));
+                    DONE.fetch_add(1, Ordering::SeqCst);
+                });
+                Ok(())
+            });
+            let (elapsed, done) = (start.elapsed(), DONE.load(Ordering::SeqCst));
+            assert_eq!(result, Err(Error::Interrupted), "{threads} threads");
+            assert_eq!(CHECKS.load(Ordering::SeqCst), 3);
+            assert!(done < 200 && (cfg!(miri) || elapsed < Duration::from_millis(150)), "{threads} threads: {done} items in {elapsed:?}");
+            // No item runs on after the call has returned, and the pool serves the next call.
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(DONE.load(Ordering::SeqCst), done);
+            let mut out = vec![0usize; 1000];
+            let completed = with_interrupt_check(never_interrupt, || {
+                for_each_chunk(&mut out, 10, 100 << 19, |i, c| {
+                    std::thread::sleep(Duration::from_micros(500));
+                    c.fill(i)
+                });
+                Ok(())
+            });
+            assert_eq!(completed, Ok(()));
+            assert!(out.iter().enumerate().all(|(j, &v)| v == j / 10));
+            set_num_threads(before).unwrap();
+        }
+        assert_eq!(CHECKS_OFF_CALLER.load(Ordering::SeqCst), 0);
+        // Short calls never check; with no check installed, nothing is checked.
+        CHECKS.store(0, Ordering::SeqCst);
+        let quick = with_interrupt_check(interrupt_at_third_check, || {
+            for_each(100, INLINE_WORK * 4, |_| {});
+            Ok(7)
+        });
+        assert_eq!((quick, CHECKS.load(Ordering::SeqCst)), (Ok(7), 0));
+        for_each(20, 20 << 20, |_| std::thread::sleep(Duration::from_millis(1)));
+        assert_eq!(CHECKS.load(Ordering::SeqCst), 0);
     }
 
     #[test]

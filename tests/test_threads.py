@@ -203,3 +203,48 @@ def test_gil_released_while_computing():
         sys.setswitchinterval(old_interval)
     assert state["error"] is None, state["error"]
     assert count > 0, "the main thread never ran while conv2d computed: the GIL was held"
+
+
+def test_thread_count_is_capped(restore_threads):
+    for bad in (257, 100_000, 2**70):
+        with pytest.raises(ValueError, match=r"set_num_threads: n must be between 1 and 256"):
+            rconv.set_num_threads(bad)
+    rconv.set_num_threads(256)
+    assert rconv.get_num_threads() == 256
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 8, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 3, 3)).astype(np.float32)
+    many = rconv.conv2d(x, w, padding=1)
+    rconv.set_num_threads(1)
+    assert many.tobytes() == rconv.conv2d(x, w, padding=1).tobytes()
+
+
+@pytest.mark.parametrize(
+    "value, expected, warning",
+    [
+        ("100000", "256", "more than the 256 threads"),
+        ("257", "256", "more than the 256 threads"),
+        ("four", "cpus", "not a positive integer"),
+        ("0", "cpus", "not a positive integer"),
+        ("-3", "cpus", "not a positive integer"),
+        ("2", "2", None),
+    ],
+)
+def test_bad_env_var_warns_and_import_still_works(value, expected, warning):
+    env = dict(os.environ, RCONV_NUM_THREADS=value)
+    code = (
+        "import os, numpy as np, rconv\n"
+        "print(rconv.get_num_threads(), len(os.sched_getaffinity(0)))\n"
+        "print(float(rconv.relu(np.full(200_000, -1.0)).sum()))\n"  # a parallel call returns
+    )
+    for extra in ([], ["-W", "error"]):  # warnings as errors must not break the import either
+        proc = subprocess.run(
+            [sys.executable, *extra, "-c", code], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        (threads, cpus), total = (line.split() for line in proc.stdout.splitlines())
+        assert threads == (cpus if expected == "cpus" else expected) and total == ["0.0"]
+        if warning and not extra:
+            assert "RuntimeWarning" in proc.stderr and warning in proc.stderr, proc.stderr
+        if not warning:
+            assert "Warning" not in proc.stderr, proc.stderr

@@ -282,8 +282,38 @@ pub(crate) fn output_size(obj: &Bound<'_, PyAny>, dims: usize) -> PyResult<Vec<O
 /// Runs `f` with the GIL released. An error raised inside the computation (`error::raise`)
 /// becomes its exception; a panic (a bug in rconv, never a user error) becomes a RuntimeError
 /// instead of tearing down the interpreter.
+///
+/// On the main thread a signal stops the call: between work items, every 10 ms at most, the
+/// thread takes the GIL for a moment and runs Python's signal handlers (`interp::signal_raised`);
+/// when one raises (KeyboardInterrupt for Ctrl-C), the call stops, its partial output is
+/// dropped, and that exception is returned. A thread that ends its computation while Python
+/// exits never comes back (see `interp`).
 pub(crate) fn compute<R: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
-    match py.detach(|| catch_unwind(AssertUnwindSafe(|| crate::error::catch(f)))) {
+    let interruptible = super::interp::is_main_thread();
+    run_detached(py, interruptible, f)
+}
+
+/// As `compute`, for a call that updates arrays in place: it is never stopped halfway, so a
+/// signal takes effect when it returns (an optimiser step takes micro- to milliseconds).
+pub(crate) fn compute_in_place<R: Send>(py: Python<'_>, f: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
+    run_detached(py, false, f)
+}
+
+fn run_detached<R: Send>(py: Python<'_>, interruptible: bool, f: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
+    let result = py.detach(|| {
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            if interruptible {
+                crate::parallel::with_interrupt_check(super::interp::signal_raised, f)
+            } else {
+                crate::error::catch(f)
+            }
+        }));
+        super::interp::before_reattach();
+        result
+    });
+    super::interp::reattached();
+    match result {
+        Ok(Err(crate::Error::Interrupted)) => Err(super::interp::take_signal_error()),
         Ok(result) => Ok(result?),
         Err(panic) => {
             let what = panic

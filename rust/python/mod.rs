@@ -4,6 +4,7 @@
 mod args;
 mod conv;
 mod error;
+mod interp;
 mod ops;
 mod optim;
 mod pool;
@@ -61,7 +62,12 @@ fn _cached_memory_bytes() -> usize {
 #[pymodule]
 fn _rconv(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    crate::parallel::init_from_env();
+    if let Some(warning) = crate::parallel::init_from_env() {
+        // A bad RCONV_NUM_THREADS must not stop the import, also where warnings are errors.
+        let _ = PyErr::warn(m.py(), m.py().get_type::<pyo3::exceptions::PyRuntimeWarning>().as_any(), &std::ffi::CString::new(warning).unwrap_or_default(), 1);
+    }
+    crate::fork::hold_across_forks::<crate::alloc::CacheLock>();
+    interp::register(m)?;
     conv::register(m)?;
     pool::register(m)?;
     ops::register(m)?;

@@ -185,11 +185,13 @@ pub(crate) fn cross_entropy_backward<'py>(py: Python<'py>, logits: &Bound<'py, P
     dispatch!(kind_of(logits, "logits")?, cross_entropy_backward_typed(py, logits, target))
 }
 
-/// Sets the number of threads rconv computes with (at least 1).
+/// Sets the number of threads rconv computes with (1 to `parallel::MAX_THREADS`).
 #[pyfunction]
 pub(crate) fn set_num_threads(n: &Bound<'_, PyAny>) -> PyResult<()> {
-    // A C int, as torch.set_num_threads takes.
-    let n = int_in(n, "n", 1, i32::MAX as i128)?;
+    let n = int_in(n, "n", 1, i128::MAX)?;
+    if n > parallel::MAX_THREADS as i128 {
+        return Err(PyValueError::new_err(format!("set_num_threads: n must be between 1 and {}, got {n}", parallel::MAX_THREADS)));
+    }
     Ok(parallel::set_num_threads(n as usize)?)
 }
 

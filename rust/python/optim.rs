@@ -1,6 +1,6 @@
 //! Bindings of the optimiser updates (`rconv.optim` calls them; private to the package).
 
-use super::args::{compute, dispatch, expect_kind, kind_of, ndarray, readonly, PyReal};
+use super::args::{compute_in_place, dispatch, expect_kind, kind_of, ndarray, readonly, PyReal};
 use crate::optim::{adam_step, sgd_step, Adam, Sgd};
 use numpy::{PyArrayDyn, PyArrayMethods, PyReadwriteArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::{PyTypeError, PyValueError};
@@ -31,7 +31,7 @@ fn sgd_typed<T: PyReal>(py: Python<'_>, param: &Bound<'_, PyAny>, grad: &Bound<'
         Some(b) => b.as_slice_mut().expect("checked contiguous"),
         None => &mut [],
     };
-    compute(py, || sgd_step(&h, p, g, b, first))
+    compute_in_place(py, || sgd_step(&h, p, g, b, first))
 }
 
 /// SGD's update of `param` in place (see `crate::optim::sgd_step`).
@@ -68,7 +68,7 @@ fn adam_typed<T: PyReal>(py: Python<'_>, param: &Bound<'_, PyAny>, grad: &Bound<
     let p = p.as_slice_mut().expect("checked contiguous");
     let g = g.as_slice().expect("standard layout");
     let (m, v) = (m.as_slice_mut().expect("checked contiguous"), v.as_slice_mut().expect("checked contiguous"));
-    compute(py, || adam_step(&h, p, g, m, v))
+    compute_in_place(py, || adam_step(&h, p, g, m, v))
 }
 
 /// Adam's update of `param` in place (see `crate::optim::adam_step`).
